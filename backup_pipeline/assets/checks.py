@@ -1,0 +1,80 @@
+"""Verification of the published archive as blocking asset checks, shown in the Dagster UI.
+
+The archive asset already refuses to publish an archive that fails verification; these checks
+verify the file again where it now lives, and add the size bounds the seeds' monitoring uses.
+They are blocking: when one fails, the run fails, so the status files are not moved forward,
+retention does not run, and the failure alert goes out.
+"""
+
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+
+from backup_pipeline.assets.archive import ARCHIVE_KEY, archive_materialization
+from backup_pipeline.resources.storage import BackupStorage
+from backup_pipeline.verify import VerificationReport, verify_archive
+
+CHECK_SPECS = [
+    dg.AssetCheckSpec("gzip_and_tar_integrity", asset=ARCHIVE_KEY, blocking=True,
+                      description="The gzip stream (CRC included) and the tar structure read "
+                                  "to the end; no member could escape its folder."),
+    dg.AssetCheckSpec("manifest_checksums", asset=ARCHIVE_KEY, blocking=True,
+                      description="Every file matches the manifest's size and SHA-256; "
+                                  "nothing is missing or unexpected."),
+    dg.AssetCheckSpec("dumps_readable", asset=ARCHIVE_KEY, blocking=True,
+                      description="Every SQL dump is complete and every CSV parses, with the "
+                                  "manifest's row counts."),
+    dg.AssetCheckSpec("size_within_bounds", asset=ARCHIVE_KEY, blocking=True,
+                      description="BACKUP_MIN_SIZE_MB <= size <= BACKUP_MAX_SIZE_MB."),
+]
+
+
+def _problems(report: VerificationReport, *needles: str) -> list[str]:
+    return [p for p in report.problems if any(n in p for n in needles)]
+
+
+def check_results(report: VerificationReport, min_mb: float, max_mb: float
+                  ) -> Iterator[dg.AssetCheckResult]:
+    integrity = _problems(report, "gzip", "tar", "truncated", "refusing")
+    checksums = _problems(report, "manifest", "missing", "unexpected")
+    readable = _problems(report, "not readable")
+    yield dg.AssetCheckResult(
+        check_name="gzip_and_tar_integrity", passed=not integrity,
+        metadata={"problems": dg.MetadataValue.json(integrity), "bytes": report.size_bytes},
+    )
+    yield dg.AssetCheckResult(
+        check_name="manifest_checksums", passed=not checksums,
+        metadata={"problems": dg.MetadataValue.json(checksums), "files": len(report.files)},
+    )
+    yield dg.AssetCheckResult(
+        check_name="dumps_readable", passed=not readable,
+        metadata={"problems": dg.MetadataValue.json(readable)},
+    )
+    within = min_mb <= report.size_mb <= max_mb
+    yield dg.AssetCheckResult(
+        check_name="size_within_bounds", passed=within,
+        description=None if within else (
+            f"archive is {report.size_mb:.3f} MB, outside BACKUP_MIN_SIZE_MB={min_mb:g} .. "
+            f"BACKUP_MAX_SIZE_MB={max_mb:g}: check what changed in the data or the settings"
+        ),
+        metadata={"size_mb": round(report.size_mb, 3), "min_mb": min_mb, "max_mb": max_mb},
+    )
+
+
+@dg.multi_asset_check(specs=CHECK_SPECS, description="One streaming pass verifies the archive.")
+def archive_checks(context: dg.AssetCheckExecutionContext, storage: BackupStorage
+                   ) -> Iterator[dg.AssetCheckResult]:
+    materialization = archive_materialization(context.instance, context.run.run_id)
+    if materialization is None:
+        latest = context.instance.get_latest_materialization_event(ARCHIVE_KEY)
+        materialization = latest.asset_materialization if latest else None
+    path_value = materialization.metadata.get("path") if materialization else None
+    if path_value is None:
+        raise RuntimeError("no backup_archive materialization to verify: run backup_job first")
+    path = Path(path_value.value)
+    report = verify_archive(path)
+    for problem in report.problems:
+        context.log.error(f"{path.name}: {problem}")
+    yield from check_results(report, storage.min_size_mb, storage.max_size_mb)

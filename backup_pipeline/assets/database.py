@@ -1,0 +1,198 @@
+"""The database export: schema, critical tables and transaction windows from one snapshot.
+
+It is one Dagster step (a multi-asset) because consistency demands it: every file must come from
+the same exported snapshot, which lives as long as the transaction that exported it. Each table
+still has its own asset key, so the UI shows lineage, row counts and checksums per table.
+"""
+
+
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from backup_pipeline import layout
+from backup_pipeline.assets.dumps import dump_key, dump_specs, write_table_dump
+from backup_pipeline.assets.transactions import (
+    transaction_key,
+    transaction_specs,
+    window_cutoff,
+    write_window_csv,
+)
+from backup_pipeline.export_plan import ExportPlan, build_plan
+from backup_pipeline.resources.postgres import (
+    CopyResult,
+    HashingWriter,
+    PostgresResource,
+    Snapshot,
+)
+from backup_pipeline.resources.storage import BackupStorage
+from backup_pipeline.settings import Settings
+
+SCHEMA_KEY = dg.AssetKey("database_schema")
+EXPORT_RECORD = "export.json"
+
+_SEQUENCES_QUERY = """
+SELECT format('SELECT pg_catalog.setval(%L, %s, true);',
+              format('%I.%I', schemaname, sequencename), last_value)
+FROM pg_sequences WHERE last_value IS NOT NULL ORDER BY schemaname, sequencename
+"""
+
+
+def _estimated_bytes(snapshot: Snapshot, plan: ExportPlan) -> int:
+    """Critical tables whole, windowed tables by the share of their rows inside the window."""
+    total = sum(t.size_bytes for t in plan.critical)
+    for windowed in plan.windowed:
+        row = snapshot.connection.execute(
+            "SELECT greatest(reltuples, 1) FROM pg_class WHERE oid = %s", (windowed.table.oid,)
+        ).fetchone()
+        count = snapshot.connection.execute(plan.window_count(windowed)).fetchone()
+        share = min(1.0, (count[0] if count else 0) / float(row[0] if row else 1))
+        total += int(windowed.table.size_bytes * share)
+    return total
+
+
+def _write_sequences(snapshot: Snapshot, target: Path) -> CopyResult:
+    lines = [row[0] for row in snapshot.connection.execute(_SEQUENCES_QUERY)]
+    with target.open("wb") as handle:
+        writer = HashingWriter(handle)
+        writer.write(
+            ("-- backup_pipeline: sequence positions, so new rows get fresh ids\n"
+             + "".join(f"{line}\n" for line in lines)).encode()
+        )
+    return CopyResult(rows=len(lines), size=writer.size, sha256=writer.sha256)
+
+
+def _file_record(path: str, result: CopyResult) -> dict:
+    return {"path": path, "size": result.size, "sha256": result.sha256}
+
+
+def build_database_export(settings: Settings) -> dg.AssetsDefinition:
+    specs = [
+        dg.AssetSpec(
+            SCHEMA_KEY,
+            description="The whole database schema (every table, also those not backed up), "
+                        "sequence positions, then indexes and constraints, from pg_dump.",
+            group_name="database",
+            kinds={"postgres", "sql"},
+        ),
+        *dump_specs(settings),
+        *transaction_specs(settings),
+    ]
+
+    @dg.multi_asset(
+        name="database_export",
+        specs=specs,
+        can_subset=False,
+        description="Reads the database once, inside one exported snapshot.",
+    )
+    def database_export(
+        context: dg.AssetExecutionContext, postgres: PostgresResource, storage: BackupStorage
+    ):
+        staging = storage.staging(context.run_id)
+        database_dir = staging / layout.DATABASE_DIR
+        database_dir.mkdir(mode=0o700, exist_ok=True)
+        started = time.monotonic()
+        with postgres.snapshot(lock_tables=settings.backed_up_tables, log=context.log) as snap:
+            pg_dump_version = postgres.check_pg_dump_version(
+                snap.server_version_num, snap.server_version
+            )
+            cutoff = window_cutoff(snap, settings.transaction_months)
+            plan = build_plan(snap.connection, settings, cutoff)
+            expected = _estimated_bytes(snap, plan)
+            free = storage.check_free_space(expected)
+            context.log.info(
+                f"snapshot {snap.snapshot_id} of {postgres.describe()} (server "
+                f"{snap.server_version}, {pg_dump_version}); window from {cutoff.isoformat()}; "
+                f"about {expected // 1024} KiB to export, {free // (1024 * 1024)} MB free"
+            )
+            files, tables, results = [], [], []
+
+            for table in plan.critical:
+                path = layout.dump_path(table.qualified)
+                table_started = time.monotonic()
+                result = write_table_dump(snap, plan, table, staging / path)
+                files.append(_file_record(path, result))
+                tables.append({"table": table.qualified, "kind": "critical", "path": path,
+                               "rows": result.rows, "columns": list(table.columns)})
+                results.append(dg.MaterializeResult(
+                    asset_key=dump_key(table.qualified),
+                    metadata={
+                        "dagster/row_count": result.rows,
+                        "bytes": result.size,
+                        "sha256": result.sha256,
+                        "archive_path": path,
+                        "duration_seconds": round(time.monotonic() - table_started, 3),
+                    },
+                ))
+
+            for windowed in plan.windowed:
+                table = windowed.table
+                path = layout.csv_path(table.qualified)
+                table_started = time.monotonic()
+                result, in_window = write_window_csv(snap, plan, windowed, staging / path)
+                files.append(_file_record(path, result))
+                tables.append({
+                    "table": table.qualified, "kind": "transactions", "path": path,
+                    "rows": result.rows, "rows_in_window": in_window,
+                    "rows_referenced_before_window": result.rows - in_window,
+                    "timestamp_column": windowed.timestamp_column,
+                    "columns": list(table.columns),
+                })
+                results.append(dg.MaterializeResult(
+                    asset_key=transaction_key(table.qualified),
+                    metadata={
+                        "dagster/row_count": result.rows,
+                        "rows_in_window": in_window,
+                        "rows_referenced_before_window": result.rows - in_window,
+                        "cutoff": cutoff.isoformat(),
+                        "bytes": result.size,
+                        "sha256": result.sha256,
+                        "archive_path": path,
+                        "duration_seconds": round(time.monotonic() - table_started, 3),
+                    },
+                ))
+
+            # pg_dump runs after the data, in the same snapshot; its table locks are the step most
+            # likely to wait on the application, and the data is already staged by then.
+            pre = snap.pg_dump(staging / layout.SCHEMA_PRE_DATA, "--section=pre-data")
+            seq = _write_sequences(snap, staging / layout.SEQUENCES)
+            post = snap.pg_dump(staging / layout.SCHEMA_POST_DATA, "--section=post-data")
+            files += [
+                _file_record(layout.SCHEMA_PRE_DATA, pre),
+                _file_record(layout.SEQUENCES, seq),
+                _file_record(layout.SCHEMA_POST_DATA, post),
+            ]
+            results.append(dg.MaterializeResult(
+                asset_key=SCHEMA_KEY,
+                metadata={
+                    "pre_data_bytes": pre.size,
+                    "post_data_bytes": post.size,
+                    "sequences": seq.rows,
+                    "server_version": snap.server_version,
+                    "pg_dump_version": pg_dump_version,
+                    "snapshot_id": snap.snapshot_id,
+                },
+            ))
+
+            record = {
+                "snapshot_id": snap.snapshot_id,
+                "snapshot_taken_at": snap.taken_at.isoformat(),
+                "server_version": snap.server_version,
+                "pg_dump_version": pg_dump_version,
+                "database": {"host": postgres.host, "port": postgres.port,
+                             "name": postgres.database, "user": postgres.user},
+                "window": {"months": settings.transaction_months, "cutoff": cutoff.isoformat()},
+                "tables": tables,
+                "files": files,
+                "duration_seconds": round(time.monotonic() - started, 3),
+            }
+        (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2))
+        context.log.info(
+            f"exported {len(plan.critical)} critical tables and {len(plan.windowed)} transaction "
+            f"windows ({sum(t['rows'] for t in tables)} rows) in {record['duration_seconds']} s"
+        )
+        yield from results
+
+    return database_export

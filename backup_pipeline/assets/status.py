@@ -1,0 +1,42 @@
+"""After a verified archive: the status files the seeds' monitoring reads, then retention.
+
+This asset runs only when every blocking check on the archive passed, so `.last_backup_success`
+only ever names a verified backup, and retention only ever runs after a good new archive exists.
+"""
+
+
+from pathlib import Path
+
+import dagster as dg
+
+from backup_pipeline.assets.archive import ARCHIVE_KEY, archive_materialization
+from backup_pipeline.resources.storage import BackupStorage
+
+
+@dg.asset(
+    deps=[ARCHIVE_KEY],
+    group_name="archive",
+    description="BACKUP_DIR/.last_backup_success and .last_backup_size_mb, then retention "
+                "(BACKUP_RETENTION_DAYS, never below BACKUP_RETENTION_MIN_COUNT archives).",
+)
+def backup_status(context: dg.AssetExecutionContext, storage: BackupStorage
+                  ) -> dg.MaterializeResult:
+    materialization = archive_materialization(context.instance, context.run_id)
+    if materialization is None:
+        raise RuntimeError("backup_status follows a backup_archive of the same run: run backup_job")
+    metadata = materialization.metadata
+    archive = Path(metadata["path"].value)
+    with storage.locked():
+        storage.write_status(archive, metadata["bytes"].value, metadata["sha256"].value,
+                             storage.now())
+        retention = storage.apply_retention(newest=archive)
+    for name in retention.deleted:
+        context.log.info(f"retention deleted {name}")
+    return dg.MaterializeResult(
+        metadata={
+            "archive": archive.name,
+            "archives_kept": len(retention.kept),
+            "deleted": dg.MetadataValue.json(retention.deleted),
+            "status_file": dg.MetadataValue.path(str(storage.root / ".last_backup_success")),
+        }
+    )

@@ -1,0 +1,210 @@
+"""What to read from the database: the tables, their columns, the window, and the rows it must keep.
+
+The window alone is not enough for a restorable archive: a credit transaction from last week may
+point at a purchase from last year. Restoring it without that purchase would leave a foreign key
+that cannot be validated, so the plan widens each windowed table by the rows that backed-up rows
+reference (following chains across the windowed tables), and refuses up front a foreign key from a
+backed-up table into a table that is not backed up at all, naming the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from backup_pipeline.settings import Settings
+
+
+class ExportPlanError(ValueError):
+    """The database does not match the settings (a missing table or column, a dangling key)."""
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    oid: int
+    schema: str
+    name: str
+    relkind: str
+    columns: tuple[str, ...]
+    size_bytes: int
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def identifier(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    @property
+    def column_list(self) -> sql.Composable:
+        return sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
+
+    @property
+    def source(self) -> sql.Composable:
+        """FROM target: ONLY for plain tables (inheritance children are their own tables)."""
+        only = sql.SQL("") if self.relkind == "p" else sql.SQL("ONLY ")
+        return only + self.identifier
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    name: str
+    source: int
+    source_columns: tuple[str, ...]
+    target: int
+    target_columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WindowedTable:
+    table: TableInfo
+    timestamp_column: str
+
+
+@dataclass
+class ExportPlan:
+    critical: list[TableInfo]
+    windowed: list[WindowedTable]
+    cutoff: datetime
+    months: int
+    foreign_keys: list[ForeignKey] = field(default_factory=list)
+
+    def critical_copy(self, table: TableInfo) -> sql.Composable:
+        """COPY text format: the same data section pg_dump writes, loadable by psql."""
+        return sql.SQL("COPY (SELECT {cols} FROM {src}) TO STDOUT").format(
+            cols=table.column_list, src=table.source
+        )
+
+    def window_copy(self, windowed: WindowedTable) -> sql.Composable:
+        """COPY CSV with a header of the window plus every row a backed-up row references."""
+        table = windowed.table
+        return sql.SQL("COPY (SELECT {cols} FROM {src} WHERE {cond}) TO STDOUT "
+                       "WITH (FORMAT csv, HEADER)").format(
+            cols=table.column_list, src=table.source,
+            cond=self._condition(windowed, depth=len(self.windowed)),
+        )
+
+    def window_count(self, windowed: WindowedTable) -> sql.Composable:
+        return sql.SQL("SELECT count(*) FROM {src} WHERE {ts} >= {cutoff}").format(
+            src=windowed.table.source,
+            ts=sql.Identifier(windowed.timestamp_column),
+            cutoff=sql.Literal(self.cutoff),
+        )
+
+    def _condition(self, windowed: WindowedTable, depth: int) -> sql.Composable:
+        parts: list[sql.Composable] = [
+            sql.SQL("{ts} >= {cutoff}").format(
+                ts=sql.Identifier(windowed.timestamp_column), cutoff=sql.Literal(self.cutoff)
+            )
+        ]
+        if depth > 0:
+            critical = {t.oid: t for t in self.critical}
+            by_oid = {w.table.oid: w for w in self.windowed}
+            for fk in self.foreign_keys:
+                if fk.target != windowed.table.oid:
+                    continue
+                if fk.source in critical:
+                    source, where = critical[fk.source], None
+                elif fk.source in by_oid:
+                    source = by_oid[fk.source].table
+                    where = self._condition(by_oid[fk.source], depth - 1)
+                else:
+                    continue
+                parts.append(_referenced_rows(fk, source, where))
+        if len(parts) == 1:
+            return parts[0]
+        return sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
+
+
+def _referenced_rows(fk: ForeignKey, source: TableInfo, where: sql.Composable | None
+                     ) -> sql.Composable:
+    not_null = [sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in fk.source_columns]
+    if where is not None:
+        not_null.append(where)
+    return sql.SQL("({target}) IN (SELECT {cols} FROM {src} WHERE {cond})").format(
+        target=sql.SQL(", ").join(sql.Identifier(c) for c in fk.target_columns),
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in fk.source_columns),
+        src=source.source,
+        cond=sql.SQL(" AND ").join(not_null),
+    )
+
+
+_TABLE_QUERY = """
+SELECT c.oid::int, n.nspname, c.relname, c.relkind, pg_relation_size(c.oid),
+       array(SELECT a.attname FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.attgenerated = '' ORDER BY a.attnum)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass(%s) AND c.relkind IN ('r', 'p')
+"""
+
+_FOREIGN_KEY_QUERY = """
+SELECT con.conname, con.conrelid::int,
+       array(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(attnum, i)
+             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+             ORDER BY k.i),
+       con.confrelid::int,
+       array(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY k(attnum, i)
+             JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum
+             ORDER BY k.i),
+       con.conrelid::regclass::text, con.confrelid::regclass::text
+FROM pg_constraint con
+WHERE con.contype = 'f'
+ORDER BY con.conname
+"""
+
+_TIMESTAMP_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
+
+
+def _resolve(conn: psycopg.Connection, name: str, variable: str) -> TableInfo:
+    row = conn.execute(_TABLE_QUERY, (_regclass_text(name),)).fetchone()
+    if row is None:
+        raise ExportPlanError(
+            f"{variable} lists {name!r}, but there is no such table in the database: check the "
+            f"name (schema.table for a schema other than public) or remove it from {variable}."
+        )
+    oid, schema, relname, relkind, size, columns = row
+    return TableInfo(oid, schema, relname, relkind, tuple(columns), size)
+
+
+def _regclass_text(name: str) -> str:
+    return ".".join(f'"{part}"' for part in name.split("."))
+
+
+def _check_timestamp_column(conn: psycopg.Connection, table: TableInfo, column: str) -> None:
+    row = conn.execute(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s AND attname = %s AND attnum > 0 AND NOT attisdropped",
+        (table.oid, column),
+    ).fetchone()
+    if row is None or row[0] not in _TIMESTAMP_TYPES:
+        found = f"it is {row[0]}" if row else "it has no such column"
+        raise ExportPlanError(
+            f"BACKUP_TRANSACTION_TABLES selects {table.qualified} by {column!r}, but {found}: "
+            f"name its timestamp column as 'table:column', e.g. '{table.name}:created_at'."
+        )
+
+
+def build_plan(conn: psycopg.Connection, settings: Settings, cutoff: datetime) -> ExportPlan:
+    """Resolve the configured tables inside the snapshot and check the plan can restore."""
+    critical = [_resolve(conn, t, "BACKUP_TABLES") for t in settings.critical_tables]
+    windowed = []
+    for entry in settings.transaction_tables:
+        table = _resolve(conn, entry.name, "BACKUP_TRANSACTION_TABLES")
+        _check_timestamp_column(conn, table, entry.timestamp_column)
+        windowed.append(WindowedTable(table, entry.timestamp_column))
+    backed_up = {t.oid for t in critical} | {w.table.oid for w in windowed}
+    foreign_keys = []
+    for name, src, src_cols, dst, dst_cols, src_name, dst_name in conn.execute(_FOREIGN_KEY_QUERY):
+        if src in backed_up and dst not in backed_up:
+            raise ExportPlanError(
+                f"{src_name} is backed up but its foreign key {name} references {dst_name}, which "
+                f"is not: the restored {src_name} could not keep that constraint. Add {dst_name} "
+                f"to BACKUP_TABLES (or BACKUP_TRANSACTION_TABLES), or stop backing up {src_name}."
+            )
+        foreign_keys.append(ForeignKey(name, src, tuple(src_cols), dst, tuple(dst_cols)))
+    return ExportPlan(critical, windowed, cutoff, settings.transaction_months, foreign_keys)

@@ -1,0 +1,18 @@
+"""The backup job: export, config snapshot, archive, its checks, then status and retention."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+BACKUP_GROUPS = ("database", "config", "archive")
+
+# One process for the whole run: the staging folder is a run-scoped resource that is removed when
+# the run ends, and the steps hand each other files, not pickled values.
+backup_job = dg.define_asset_job(
+    name="backup_job",
+    selection=dg.AssetSelection.groups(*BACKUP_GROUPS),
+    executor_def=dg.in_process_executor,
+    description="Dump the critical tables and the transaction window from one snapshot, copy "
+                "the configuration, pack and verify the archive, update the status files and "
+                "apply retention.",
+)

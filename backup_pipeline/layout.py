@@ -1,0 +1,75 @@
+"""The archive's name and the layout inside it, defined once.
+
+Users rely on these: the seeds' monitoring globs `critical_backup_*.tar.gz`, the user guide's
+restore steps read `database/<table>.csv` and `config/...`, and `BACKUP_INFO.txt` sits at the top.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+ARCHIVE_PREFIX = "critical_backup_"
+ARCHIVE_SUFFIX = ".tar.gz"
+ARCHIVE_TIME_FORMAT = "%Y%m%d_%H%M%S"
+ARCHIVE_NAME = re.compile(r"^critical_backup_(\d{8}_\d{6})\.tar\.gz$")
+ARCHIVE_GLOB = f"{ARCHIVE_PREFIX}*{ARCHIVE_SUFFIX}"
+PARTIAL_SUFFIX = ".partial"
+
+BACKUP_INFO = "BACKUP_INFO.txt"
+MANIFEST = "manifest.json"
+DATABASE_DIR = "database"
+CONFIG_DIR = "config"
+
+# Files in database/ besides the per-table ones. They start with an underscore so that no table
+# name (validated as an identifier that may start with one, but these exact names are refused)
+# can collide, and they sort first in a listing.
+SCHEMA_PRE_DATA = f"{DATABASE_DIR}/_schema_pre_data.sql"
+SCHEMA_POST_DATA = f"{DATABASE_DIR}/_schema_post_data.sql"
+SEQUENCES = f"{DATABASE_DIR}/_sequences.sql"
+RESTORE_SCRIPT = f"{DATABASE_DIR}/_restore.psql"
+RESERVED_TABLE_FILES = frozenset({"_schema_pre_data", "_schema_post_data", "_sequences", "_restore"})
+
+# Status files the seeds' monitoring reads, in BACKUP_DIR.
+LAST_SUCCESS_FILE = ".last_backup_success"
+LAST_SIZE_FILE = ".last_backup_size_mb"
+LAST_BACKUP_FILE = ".last_backup.json"
+LOCK_FILE = ".backup.lock"
+STAGING_DIR = ".staging"
+
+MANIFEST_FORMAT = 1
+# The last line of a per-table data file, with its row count: a truncated dump lacks it.
+END_OF_DATA = "-- end of data: "
+
+
+def archive_name(moment: datetime, timezone: str) -> str:
+    """`critical_backup_YYYYMMDD_HHMMSS.tar.gz`, in the administrators' time zone."""
+    local = moment.astimezone(ZoneInfo(timezone))
+    return f"{ARCHIVE_PREFIX}{local.strftime(ARCHIVE_TIME_FORMAT)}{ARCHIVE_SUFFIX}"
+
+
+def archive_time(name: str, timezone: str) -> datetime | None:
+    """The time encoded in an archive's name, or None for a file this pipeline did not make."""
+    match = ARCHIVE_NAME.match(name)
+    if not match:
+        return None
+    try:
+        naive = datetime.strptime(match.group(1), ARCHIVE_TIME_FORMAT)
+    except ValueError:
+        return None
+    return naive.replace(tzinfo=ZoneInfo(timezone))
+
+
+def table_file_stem(table: str) -> str:
+    """`public.users` and `users` both become `users`; other schemas keep theirs: `crm.leads`."""
+    schema, _, name = table.rpartition(".")
+    return name if schema in ("", "public") else f"{schema}.{name}"
+
+
+def dump_path(table: str) -> str:
+    return f"{DATABASE_DIR}/{table_file_stem(table)}.sql"
+
+
+def csv_path(table: str) -> str:
+    return f"{DATABASE_DIR}/{table_file_stem(table)}.csv"

@@ -1,0 +1,289 @@
+"""The application database: connections with retries, one exported snapshot, COPY and pg_dump.
+
+Every file in an archive must come from the same instant of the database, also while the
+application keeps writing. `PostgresResource.snapshot()` opens one REPEATABLE READ transaction,
+exports its snapshot and keeps it open; the COPY statements run inside it and every pg_dump is
+started with `--snapshot`, so they all see exactly the same data.
+
+The password never reaches argv or a log line: child processes get it through `PGPASSWORD` in
+their environment, and error messages name host, port, database and user only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+import dagster as dg
+import psycopg
+from psycopg import sql
+from pydantic import Field
+
+PG_DUMP_COMPLETE = "-- PostgreSQL database dump complete"
+
+
+class DatabaseConnectionError(RuntimeError):
+    """The database could not be reached after every retry."""
+
+
+class PgDumpError(RuntimeError):
+    """pg_dump is missing, too old for the server, or failed."""
+
+
+def find_pg_binary(name: str, bindir: str | None = None) -> Path:
+    """The PostgreSQL client program `name`: BACKUP_PG_BINDIR, `pg_config --bindir`, PATH."""
+    if bindir:
+        return Path(bindir, name)
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            bindir = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+        except (subprocess.SubprocessError, OSError):
+            bindir = ""
+        candidate = Path(bindir, name)
+        if bindir and candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    raise PgDumpError(
+        f"{name} was not found in `pg_config --bindir` nor on PATH: install the PostgreSQL client "
+        f"programs of the server's major version or newer (Debian: apt-get install "
+        f"postgresql-client-15)."
+    )
+
+
+def program_major_version(program: Path) -> tuple[int, str]:
+    """(major, full version text) of a PostgreSQL client program such as pg_dump."""
+    out = subprocess.run(
+        [str(program), "--version"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
+    match = re.search(r"(\d+)(?:\.(\d+))?", out)
+    if not match:
+        raise PgDumpError(f"could not read the version of {program} from {out!r}")
+    return int(match.group(1)), out
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    rows: int
+    size: int
+    sha256: str
+
+
+class HashingWriter:
+    """Writes to a file while counting bytes and computing SHA-256, so no file is read twice."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._stream.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+@dataclass
+class Snapshot:
+    """An open REPEATABLE READ transaction whose snapshot every reader of this run shares."""
+
+    connection: psycopg.Connection
+    snapshot_id: str
+    taken_at: datetime
+    server_version: str
+    server_version_num: int
+    resource: PostgresResource
+
+    def copy_to(self, query: sql.Composable, writer: HashingWriter) -> int:
+        """Stream `COPY (...) TO STDOUT` into `writer`; returns the row count the server reported."""
+        with self.connection.cursor() as cur:
+            with cur.copy(query) as copy:
+                for block in copy:
+                    writer.write(block)
+            rows = cur.rowcount
+        if rows is None or rows < 0:
+            raise RuntimeError(f"the server did not report a row count for {query.as_string()}")
+        return rows
+
+    def pg_dump(self, target: Path, *args: str) -> CopyResult:
+        """Run pg_dump inside this snapshot into `target` and check that it finished."""
+        program = self.resource.pg_dump_program()
+        command = [
+            str(program),
+            f"--snapshot={self.snapshot_id}",
+            "--no-owner",
+            "--no-privileges",
+            "--no-tablespaces",
+            "--no-subscriptions",
+            "--no-publications",
+            f"--lock-wait-timeout={int(self.resource.lock_timeout_seconds)}s",
+            f"--file={target}",
+            *args,
+        ]
+        result = subprocess.run(
+            command, env=self.resource.libpq_env(), capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise PgDumpError(
+                f"pg_dump {' '.join(args)} failed with exit status {result.returncode} on "
+                f"{self.resource.describe()}: {result.stderr.strip() or 'no error output'}"
+            )
+        digest = hashlib.sha256()
+        size = 0
+        tail = b""
+        with target.open("rb") as dump:
+            for block in iter(lambda: dump.read(1 << 20), b""):
+                digest.update(block)
+                size += len(block)
+                tail = (tail + block)[-256:]
+        if PG_DUMP_COMPLETE.encode() not in tail:
+            raise PgDumpError(
+                f"pg_dump {' '.join(args)} exited 0 but {target.name} does not end with "
+                f"{PG_DUMP_COMPLETE!r}: the dump is incomplete ({size} bytes written)."
+            )
+        return CopyResult(rows=0, size=size, sha256=digest.hexdigest())
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """Connection settings of the application database (the seeds' POSTGRES_* variables)."""
+
+    host: str = Field(description="POSTGRES_HOST")
+    port: int = Field(default=5432, description="POSTGRES_PORT")
+    database: str = Field(description="POSTGRES_DB")
+    user: str = Field(description="POSTGRES_USER")
+    password: str | None = Field(default=None, description="POSTGRES_PASSWORD, read at run time")
+    connect_retries: int = Field(default=3, description="retries after a failed connection")
+    retry_base_seconds: float = Field(default=2.0, description="first retry delay, doubled")
+    connect_timeout_seconds: int = Field(default=10)
+    lock_timeout_seconds: int = Field(default=60, description="BACKUP_LOCK_TIMEOUT_SECONDS")
+    pg_bindir: str | None = Field(default=None, description="BACKUP_PG_BINDIR")
+
+    def describe(self) -> str:
+        """Where the database is, for error messages: never the password."""
+        return f"host {self.host} port {self.port} database {self.database} user {self.user}"
+
+    def libpq_env(self) -> dict[str, str]:
+        """The environment for psql/pg_dump: connection details, password out of argv."""
+        env = dict(os.environ)
+        env.update(
+            PGHOST=self.host,
+            PGPORT=str(self.port),
+            PGDATABASE=self.database,
+            PGUSER=self.user,
+            PGCONNECT_TIMEOUT=str(self.connect_timeout_seconds),
+            PGAPPNAME="backup_pipeline",
+        )
+        if self.password is not None:
+            env["PGPASSWORD"] = self.password
+        return env
+
+    def connect(self, *, log: dg.DagsterLogManager | None = None, **kwargs) -> psycopg.Connection:
+        """Connect, retrying `connect_retries` times with doubling delays, then fail clearly."""
+        attempts = self.connect_retries + 1
+        last_error: Exception | None = None
+        for attempt in range(1, attempts + 1):
+            try:
+                return psycopg.connect(
+                    host=self.host,
+                    port=self.port,
+                    dbname=self.database,
+                    user=self.user,
+                    password=self.password,
+                    connect_timeout=self.connect_timeout_seconds,
+                    application_name="backup_pipeline",
+                    **kwargs,
+                )
+            except psycopg.OperationalError as error:
+                last_error = error
+                if attempt == attempts:
+                    break
+                delay = self.retry_base_seconds * 2 ** (attempt - 1)
+                if log:
+                    log.warning(
+                        f"connection {attempt}/{attempts} to {self.describe()} failed "
+                        f"({_first_line(error)}); retrying in {delay:g} s"
+                    )
+                time.sleep(delay)
+        raise DatabaseConnectionError(
+            f"could not connect to PostgreSQL at {self.describe()} after {attempts} attempts: "
+            f"{_first_line(last_error)}. Check that the server is running and reachable "
+            f"(pg_isready -h {self.host} -p {self.port}), and POSTGRES_HOST, POSTGRES_PORT, "
+            f"POSTGRES_DB, POSTGRES_USER and POSTGRES_PASSWORD."
+        )
+
+    def pg_dump_program(self) -> Path:
+        return find_pg_binary("pg_dump", self.pg_bindir)
+
+    def check_pg_dump_version(self, server_version_num: int, server_version: str) -> str:
+        """Fail before any work when pg_dump is older than the server; returns its version text."""
+        program = self.pg_dump_program()
+        major, text = program_major_version(program)
+        server_major = server_version_num // 10000
+        if major < server_major:
+            raise PgDumpError(
+                f"pg_dump {major} ({program}: {text}) is older than the PostgreSQL server "
+                f"{server_version} at {self.describe()}; pg_dump must be at least version "
+                f"{server_major}. Install postgresql-client-{server_major} (or newer) and make it "
+                f"first on PATH."
+            )
+        return text
+
+    @contextmanager
+    def snapshot(
+        self, *, lock_tables: tuple[str, ...] = (), log: dg.DagsterLogManager | None = None
+    ) -> Iterator[Snapshot]:
+        """One exported snapshot, held open (with ACCESS SHARE locks) until the block ends."""
+        conn = self.connect(log=log, autocommit=True)
+        try:
+            conn.execute("SET client_encoding = 'UTF8'")
+            conn.execute("SET TIME ZONE 'UTC'")
+            conn.execute("SET DateStyle = ISO")
+            conn.execute("SET IntervalStyle = postgres")
+            conn.execute("SET extra_float_digits = 3")
+            conn.execute(f"SET lock_timeout = '{int(self.lock_timeout_seconds)}s'")
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            for table in lock_tables:
+                conn.execute(
+                    sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+                        sql.Identifier(*table.split("."))
+                    )
+                )
+            row = conn.execute(
+                "SELECT pg_export_snapshot(), now(), current_setting('server_version'), "
+                "current_setting('server_version_num')::int"
+            ).fetchone()
+            assert row is not None
+            yield Snapshot(
+                connection=conn,
+                snapshot_id=row[0],
+                taken_at=row[1],
+                server_version=row[2],
+                server_version_num=row[3],
+                resource=self,
+            )
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error).strip() if error else "unknown error"
+    return text.splitlines()[0] if text else type(error).__name__

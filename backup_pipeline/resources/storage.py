@@ -1,0 +1,234 @@
+"""BACKUP_DIR: staging, atomic publication, the status files and retention.
+
+The rules here are the ones an administrator counts on when the database is gone: an archive
+under its final name is complete and verified (it is written under a temporary name, fsynced, then
+linked into place without replacing anything); a failed run changes no archive and no status file;
+retention never deletes the newest good archive, never goes below the minimum count, and never
+touches a file whose name this pipeline would not have made.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from backup_pipeline import layout
+
+MB = 1024 * 1024
+
+
+class DiskSpaceError(RuntimeError):
+    """Not enough free space in BACKUP_DIR for the expected backup."""
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    kept: list[str]
+    deleted: list[str]
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace `path` with `text` so that readers see the old or the new content, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+class BackupStorage(dg.ConfigurableResource):
+    """Where archives live (BACKUP_DIR) and how long they stay."""
+
+    backup_dir: str = Field(description="BACKUP_DIR")
+    timezone: str = Field(default="UTC", description="BACKUP_TIMEZONE, for archive names")
+    retention_days: int = Field(default=30, description="BACKUP_RETENTION_DAYS")
+    retention_min_count: int = Field(default=7, description="BACKUP_RETENTION_MIN_COUNT")
+    min_size_mb: float = Field(default=1.0, description="BACKUP_MIN_SIZE_MB")
+    max_size_mb: float = Field(default=100.0, description="BACKUP_MAX_SIZE_MB")
+    disk_reserve_mb: int = Field(default=100, description="BACKUP_DISK_RESERVE_MB")
+
+    _run_id: str | None = PrivateAttr(default=None)
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[BackupStorage]:
+        """Run-scoped: whatever the run staged is removed when it ends, failed or not."""
+        self._run_id = context.run_id
+        try:
+            yield self
+        finally:
+            if self._run_id:
+                shutil.rmtree(self.staging_root / self._run_id, ignore_errors=True)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.backup_dir)
+
+    @property
+    def staging_root(self) -> Path:
+        return self.root / layout.STAGING_DIR
+
+    def ensure_root(self) -> Path:
+        """BACKUP_DIR exists and is private (0700): archives hold every user's data."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.stat().st_mode & 0o077:
+            os.chmod(self.root, 0o700)
+        return self.root
+
+    def staging(self, run_id: str | None = None) -> Path:
+        """This run's private staging folder, inside BACKUP_DIR so the final rename is atomic."""
+        run = run_id or self._run_id
+        if not run:
+            raise RuntimeError("staging() needs a run id: use the resource inside a Dagster run")
+        self.ensure_root()
+        self.staging_root.mkdir(mode=0o700, exist_ok=True)
+        path = self.staging_root / run
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
+    def check_free_space(self, expected_bytes: int) -> int:
+        """Fail early, saying how much is needed, when the backup cannot fit; returns free bytes."""
+        self.ensure_root()
+        free = shutil.disk_usage(self.root).free
+        # Staged files plus the archive itself, at most the same size again, plus the reserve.
+        needed = 2 * expected_bytes + self.disk_reserve_mb * MB
+        if free < needed:
+            raise DiskSpaceError(
+                f"not enough free disk in BACKUP_DIR {self.root}: the backup needs about "
+                f"{math.ceil(needed / MB)} MB ({math.ceil(expected_bytes / MB)} MB of data staged "
+                f"and archived, plus BACKUP_DISK_RESERVE_MB={self.disk_reserve_mb}) but only "
+                f"{free // MB} MB are free. Free space (df -h {self.root}) or lower "
+                f"BACKUP_RETENTION_DAYS, then run the backup again."
+            )
+        return free
+
+    def partial_path(self, name: str, run_id: str) -> Path:
+        return self.root / f".{name}.{run_id[:8]}{layout.PARTIAL_SUFFIX}"
+
+    def publish(self, partial: Path, moment: datetime) -> Path:
+        """Give a verified, fsynced archive its final name without ever replacing a file.
+
+        Two runs finishing in the same second would want the same name; the later one takes the
+        next free second, so the name keeps the pattern every tool relies on.
+        """
+        for offset in range(3600):
+            name = layout.archive_name(moment + timedelta(seconds=offset), self.timezone)
+            final = self.root / name
+            try:
+                os.link(partial, final)
+            except FileExistsError:
+                continue
+            partial.unlink()
+            fsync_dir(self.root)
+            return final
+        raise RuntimeError(f"no free archive name in {self.root} within an hour of {moment}")
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serialise status updates and retention between concurrent runs."""
+        self.ensure_root()
+        fd = os.open(self.root / layout.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def archives(self) -> list[tuple[datetime, Path]]:
+        """This pipeline's archives in BACKUP_DIR, newest first (by the time in their name)."""
+        found = []
+        if not self.root.is_dir():
+            return found
+        for path in self.root.iterdir():
+            moment = layout.archive_time(path.name, self.timezone)
+            if moment is not None and path.is_file() and not path.is_symlink():
+                found.append((moment, path))
+        return sorted(found, reverse=True)
+
+    def write_status(self, archive: Path, size_bytes: int, sha256: str, finished: float) -> None:
+        """The seeds' status files, only ever moved forward, written atomically."""
+        last_file = self.root / layout.LAST_SUCCESS_FILE
+        try:
+            previous = int(last_file.read_text().strip())
+        except (OSError, ValueError):
+            previous = 0
+        if int(finished) < previous:
+            return
+        write_atomically(last_file, f"{int(finished)}\n", 0o644)
+        write_atomically(
+            self.root / layout.LAST_SIZE_FILE, f"{math.ceil(size_bytes / MB)}\n", 0o644
+        )
+        write_atomically(
+            self.root / layout.LAST_BACKUP_FILE,
+            json.dumps(
+                {
+                    "archive": archive.name,
+                    "size_bytes": size_bytes,
+                    "sha256": sha256,
+                    "finished_at": datetime.fromtimestamp(finished, UTC).isoformat(),
+                    "verified": True,
+                },
+                indent=2,
+            )
+            + "\n",
+            0o644,
+        )
+
+    def apply_retention(self, newest: Path, now: datetime | None = None) -> RetentionResult:
+        """Delete archives older than the retention period, keeping the newest ones regardless."""
+        now = now or datetime.now(UTC)
+        cutoff = now - timedelta(days=self.retention_days)
+        kept, deleted = [], []
+        for index, (moment, path) in enumerate(self.archives()):
+            protected = index < self.retention_min_count or path == newest
+            if protected or moment >= cutoff:
+                kept.append(path.name)
+                continue
+            path.unlink(missing_ok=True)
+            deleted.append(path.name)
+        self._remove_abandoned_partials(now)
+        if deleted:
+            fsync_dir(self.root)
+        return RetentionResult(kept=kept, deleted=deleted)
+
+    def _remove_abandoned_partials(self, now: datetime) -> None:
+        """Temporary archives of runs killed a day ago or more (a crash, not a running backup)."""
+        limit = now.timestamp() - 24 * 3600
+        for path in self.root.glob(f".{layout.ARCHIVE_PREFIX}*{layout.PARTIAL_SUFFIX}"):
+            if path.is_file() and path.stat().st_mtime < limit:
+                path.unlink(missing_ok=True)
+        if self.staging_root.is_dir():
+            for path in self.staging_root.iterdir():
+                if path.stat().st_mtime < limit:
+                    shutil.rmtree(path, ignore_errors=True)
+
+    @staticmethod
+    def now() -> float:
+        return time.time()

@@ -1,0 +1,252 @@
+"""Every environment variable the backup pipeline reads, parsed and validated in one place.
+
+The names are the ones the seeds' Bash service used, so an existing `.env.production` keeps
+working. Validation happens when the code location loads, before any work: an administrator who
+mistypes a value gets one message naming the variable, what it holds and what is allowed, instead
+of a backup that fails half-way at 02:00.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dagster._utils.schedules import is_valid_cron_string
+
+from backup_pipeline import layout
+
+DEFAULT_CRITICAL_TABLES = (
+    "users",
+    "user_roles",
+    "organizations",
+    "agencies",
+    "referrals",
+    "exchange_rates",
+    "system_settings",
+    "roles",
+    "permissions",
+    "role_permissions",
+)
+DEFAULT_TRANSACTION_TABLES = ("credit_transactions", "point_transactions", "purchases")
+DEFAULT_TIMESTAMP_COLUMN = "created_at"
+DEFAULT_CONFIG_FILES = (".env.production", "docker-compose.prod.yml", "nginx.prod.conf", "ssl/")
+
+_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_$]*"
+_TABLE_NAME = re.compile(rf"^{_IDENTIFIER}(\.{_IDENTIFIER})?$")
+_COLUMN_NAME = re.compile(rf"^{_IDENTIFIER}$")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the variable and what is allowed."""
+
+
+@dataclass(frozen=True)
+class TransactionTable:
+    """A table exported only for the recent window, selected on `timestamp_column`."""
+
+    name: str
+    timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN
+
+
+@dataclass(frozen=True)
+class Settings:
+    postgres_host: str = "localhost"
+    postgres_port: int = 5432
+    postgres_db: str = "smart_ai_hub"
+    postgres_user: str = "postgres"
+    backup_dir: Path = Path("/backups")
+    config_dir: Path = Path("/config")
+    config_files: tuple[str, ...] = DEFAULT_CONFIG_FILES
+    critical_tables: tuple[str, ...] = DEFAULT_CRITICAL_TABLES
+    transaction_tables: tuple[TransactionTable, ...] = field(
+        default_factory=lambda: tuple(TransactionTable(t) for t in DEFAULT_TRANSACTION_TABLES)
+    )
+    transaction_months: int = 3
+    min_size_mb: float = 1.0
+    max_size_mb: float = 100.0
+    retention_days: int = 30
+    retention_min_count: int = 7
+    schedule: str = "0 2 * * *"
+    timezone: str = "UTC"
+    db_connect_retries: int = 3
+    db_retry_base_seconds: float = 2.0
+    disk_reserve_mb: int = 100
+    lock_timeout_seconds: int = 60
+    pg_bindir: Path | None = None
+
+    @property
+    def backed_up_tables(self) -> tuple[str, ...]:
+        return self.critical_tables + tuple(t.name for t in self.transaction_tables)
+
+
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, kind: type, low: float,
+            high: float | None, meaning: str) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        allowed = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+        noun = "a whole number" if kind is int else "a number"
+        raise SettingsError(
+            f"{name}={raw!r} is not valid: expected {noun} {allowed} ({meaning}; "
+            f"default {default:g})."
+        )
+    return value
+
+
+def _names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    if not items:
+        raise SettingsError(f"{name}={raw!r} is not valid: list at least one table.")
+    for item in items:
+        if not _TABLE_NAME.match(item):
+            raise SettingsError(
+                f"{name} lists {item!r}, which is not a table name: use plain names such as "
+                f"'users' or 'schema.table', comma separated."
+            )
+    duplicates = sorted({i for i in items if items.count(i) > 1})
+    if duplicates:
+        raise SettingsError(f"{name} lists {', '.join(duplicates)} more than once.")
+    return items
+
+
+def _transaction_tables(env: Mapping[str, str]) -> tuple[TransactionTable, ...]:
+    """Parse `table[:timestamp_column]` entries, e.g. `purchases,audit_trail:occurred_at`."""
+    name = "BACKUP_TRANSACTION_TABLES"
+    raw = env.get(name, "").strip()
+    if not raw:
+        return tuple(TransactionTable(t) for t in DEFAULT_TRANSACTION_TABLES)
+    tables = []
+    for item in (i.strip() for i in raw.split(",")):
+        if not item:
+            continue
+        table, _, column = item.partition(":")
+        column = column or DEFAULT_TIMESTAMP_COLUMN
+        if not _TABLE_NAME.match(table) or not _COLUMN_NAME.match(column):
+            raise SettingsError(
+                f"{name} lists {item!r}: expected 'table' or 'table:timestamp_column', "
+                f"e.g. 'purchases' or 'purchases:created_at', comma separated."
+            )
+        tables.append(TransactionTable(table, column))
+    names = [t.name for t in tables]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if not tables or duplicates:
+        raise SettingsError(f"{name}={raw!r} is not valid: list each table once, at least one.")
+    return tuple(tables)
+
+
+def _config_files(env: Mapping[str, str]) -> tuple[str, ...]:
+    name = "BACKUP_CONFIG_FILES"
+    raw = env.get(name, "").strip()
+    if not raw:
+        return DEFAULT_CONFIG_FILES
+    items = tuple(i.strip() for i in raw.split(",") if i.strip())
+    for item in items:
+        parts = Path(item.rstrip("/")).parts
+        if Path(item).is_absolute() or ".." in parts or not parts:
+            raise SettingsError(
+                f"{name} lists {item!r}: name files relative to BACKUP_CONFIG_DIR, without '..' "
+                f"(a trailing '/' marks a folder, e.g. 'ssl/')."
+            )
+    return items
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the settings from `env` (the process environment by default)."""
+    env = os.environ if env is None else env
+    critical = _names(env, "BACKUP_TABLES", DEFAULT_CRITICAL_TABLES)
+    transactions = _transaction_tables(env)
+    both = sorted(set(critical) & {t.name for t in transactions})
+    if both:
+        raise SettingsError(
+            f"{', '.join(both)} is listed in both BACKUP_TABLES and BACKUP_TRANSACTION_TABLES: "
+            f"a table is either backed up whole or by its recent window, not both."
+        )
+    min_size = _number(env, "BACKUP_MIN_SIZE_MB", 1.0, kind=float, low=0, high=None,
+                       meaning="smallest normal archive size in MB")
+    max_size = _number(env, "BACKUP_MAX_SIZE_MB", 100.0, kind=float, low=0, high=None,
+                       meaning="largest normal archive size in MB")
+    if max_size <= min_size:
+        raise SettingsError(
+            f"BACKUP_MAX_SIZE_MB={max_size:g} must be larger than BACKUP_MIN_SIZE_MB={min_size:g}."
+        )
+    schedule = _text(env, "BACKUP_SCHEDULE", "0 2 * * *")
+    if not is_valid_cron_string(schedule):
+        raise SettingsError(
+            f"BACKUP_SCHEDULE={schedule!r} is not a valid cron expression: use five fields, "
+            f"e.g. '0 2 * * *' for 02:00 every day."
+        )
+    timezone = _text(env, "BACKUP_TIMEZONE", "UTC")
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(
+            f"BACKUP_TIMEZONE={timezone!r} is not a known time zone: use an IANA name such as "
+            f"'UTC' or 'Asia/Bangkok'."
+        ) from None
+    backup_dir = Path(_text(env, "BACKUP_DIR", "/backups"))
+    config_dir = Path(_text(env, "BACKUP_CONFIG_DIR", "/config"))
+    for var, path in (("BACKUP_DIR", backup_dir), ("BACKUP_CONFIG_DIR", config_dir)):
+        if not path.is_absolute():
+            raise SettingsError(f"{var}={str(path)!r} must be an absolute path, e.g. /backups.")
+    pg_bindir_text = env.get("BACKUP_PG_BINDIR", "").strip()
+    pg_bindir = Path(pg_bindir_text) if pg_bindir_text else None
+    if pg_bindir is not None and not (pg_bindir / "pg_dump").is_file():
+        raise SettingsError(
+            f"BACKUP_PG_BINDIR={pg_bindir_text!r} holds no pg_dump: name the folder of the "
+            f"PostgreSQL client programs (e.g. /usr/lib/postgresql/15/bin) or leave it unset."
+        )
+    for table in critical + tuple(t.name for t in transactions):
+        if layout.table_file_stem(table) in layout.RESERVED_TABLE_FILES:
+            raise SettingsError(
+                f"table {table!r} would collide with the archive's own file "
+                f"database/{layout.table_file_stem(table)}.sql: back it up from another schema "
+                f"or rename it."
+            )
+    return Settings(
+        postgres_host=_text(env, "POSTGRES_HOST", "localhost"),
+        postgres_port=int(_number(env, "POSTGRES_PORT", 5432, kind=int, low=1, high=65535,
+                                  meaning="the PostgreSQL server's TCP port")),
+        postgres_db=_text(env, "POSTGRES_DB", "smart_ai_hub"),
+        postgres_user=_text(env, "POSTGRES_USER", "postgres"),
+        backup_dir=backup_dir,
+        config_dir=config_dir,
+        config_files=_config_files(env),
+        critical_tables=critical,
+        transaction_tables=transactions,
+        transaction_months=int(_number(env, "BACKUP_TRANSACTION_MONTHS", 3, kind=int, low=1,
+                                       high=120, meaning="months of transactions to keep")),
+        min_size_mb=min_size,
+        max_size_mb=max_size,
+        retention_days=int(_number(env, "BACKUP_RETENTION_DAYS", 30, kind=int, low=1, high=3650,
+                                   meaning="days to keep archives")),
+        retention_min_count=int(_number(env, "BACKUP_RETENTION_MIN_COUNT", 7, kind=int, low=1,
+                                        high=10000, meaning="good archives always kept")),
+        schedule=schedule,
+        timezone=timezone,
+        db_connect_retries=int(_number(env, "BACKUP_DB_CONNECT_RETRIES", 3, kind=int, low=0,
+                                       high=20, meaning="retries of a failed connection")),
+        db_retry_base_seconds=_number(env, "BACKUP_DB_RETRY_BASE_SECONDS", 2.0, kind=float, low=0,
+                                      high=300, meaning="first retry delay, doubled each time"),
+        disk_reserve_mb=int(_number(env, "BACKUP_DISK_RESERVE_MB", 100, kind=int, low=0,
+                                    high=None, meaning="free space kept beyond the backup")),
+        lock_timeout_seconds=int(_number(env, "BACKUP_LOCK_TIMEOUT_SECONDS", 60, kind=int, low=1,
+                                         high=3600, meaning="wait for a table lock at most")),
+        pg_bindir=pg_bindir,
+    )
