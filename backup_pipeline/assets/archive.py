@@ -241,14 +241,14 @@ def _read_record(staging: Path, name: str) -> dict:
 )
 def backup_archive(context: dg.AssetExecutionContext, storage: BackupStorage
                    ) -> dg.MaterializeResult:
-    staging = storage.staging(context.run_id)
+    staging = storage.staging(context.run.run_id)
     export = _read_record(staging, EXPORT_RECORD)
     config = _read_record(staging, CONFIG_RECORD)
     created_at = datetime.now(UTC)
     name = layout.archive_name(created_at, storage.timezone)
     started = time.monotonic()
     manifest = build_manifest(export, config, created_at, name, staging)
-    partial = storage.partial_path(name, context.run_id)
+    partial = storage.partial_path(name, context.run.run_id)
     try:
         sha256 = write_archive(partial, staging, manifest, created_at.timestamp())
         written = time.monotonic()

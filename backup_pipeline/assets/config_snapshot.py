@@ -66,7 +66,7 @@ def build_config_snapshot(settings: Settings) -> dg.AssetsDefinition:
     )
     def config_snapshot(context: dg.AssetExecutionContext, storage: BackupStorage
                         ) -> dg.MaterializeResult:
-        staging = storage.staging(context.run_id)
+        staging = storage.staging(context.run.run_id)
         if not settings.config_dir.is_dir():
             context.log.warning(
                 f"BACKUP_CONFIG_DIR {settings.config_dir} does not exist: no configuration file "

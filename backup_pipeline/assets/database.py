@@ -90,7 +90,7 @@ def build_database_export(settings: Settings) -> dg.AssetsDefinition:
     def database_export(
         context: dg.AssetExecutionContext, postgres: PostgresResource, storage: BackupStorage
     ):
-        staging = storage.staging(context.run_id)
+        staging = storage.staging(context.run.run_id)
         database_dir = staging / layout.DATABASE_DIR
         database_dir.mkdir(mode=0o700, exist_ok=True)
         started = time.monotonic()

@@ -21,7 +21,7 @@ from backup_pipeline.resources.storage import BackupStorage
 )
 def backup_status(context: dg.AssetExecutionContext, storage: BackupStorage
                   ) -> dg.MaterializeResult:
-    materialization = archive_materialization(context.instance, context.run_id)
+    materialization = archive_materialization(context.instance, context.run.run_id)
     if materialization is None:
         raise RuntimeError("backup_status follows a backup_archive of the same run: run backup_job")
     metadata = materialization.metadata

@@ -1,0 +1,135 @@
+"""A real PostgreSQL for the whole session, a fresh sample database per test.
+
+The server is the one `BACKUP_TEST_DSN` names when it is set (it needs CREATEDB), otherwise a
+throwaway cluster this suite starts itself (as the `postgres` user when running as root).
+The sample data is generated once into a template; each test gets its own copy in milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from backup_pipeline.sample_data.cluster import LocalCluster, start_cluster
+from backup_pipeline.sample_data.generate import create_schema, load_sample_data
+
+TEST_SCALE = float(os.environ.get("BACKUP_TEST_SCALE", "0.25"))
+TEMPLATE_DB = f"bp_sample_template_{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Server:
+    host: str
+    port: int
+    user: str
+    password: str
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return psycopg.conninfo.make_conninfo(
+            host=self.host, port=self.port, user=self.user, password=self.password, dbname=dbname
+        )
+
+    def env(self, dbname: str) -> dict[str, str]:
+        return {"POSTGRES_HOST": self.host, "POSTGRES_PORT": str(self.port),
+                "POSTGRES_DB": dbname, "POSTGRES_USER": self.user,
+                "POSTGRES_PASSWORD": self.password}
+
+    def admin(self) -> psycopg.Connection:
+        return psycopg.connect(self.dsn(), autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    given = os.environ.get("BACKUP_TEST_DSN")
+    if given:
+        parts = conninfo_to_dict(given)
+        yield Server(parts.get("host", "localhost"), int(parts.get("port", 5432)),
+                     parts.get("user", "postgres"), parts.get("password", ""))
+        return
+    cluster: LocalCluster = start_cluster()
+    try:
+        yield Server(cluster.host, cluster.port, cluster.user, cluster.password)
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_template(server: Server) -> Iterator[str]:
+    with server.admin() as conn:
+        conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+    with psycopg.connect(server.dsn(TEMPLATE_DB), autocommit=True) as conn:
+        create_schema(conn)
+        load_sample_data(conn, scale=TEST_SCALE)
+    yield TEMPLATE_DB
+    with server.admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+
+
+def new_database(server: Server, template: str | None = None) -> str:
+    name = f"bp_{uuid.uuid4().hex[:12]}"
+    with server.admin() as conn:
+        suffix = f' TEMPLATE "{template}"' if template else ""
+        conn.execute(f'CREATE DATABASE "{name}"{suffix}')
+    return name
+
+
+def drop_database(server: Server, name: str) -> None:
+    with server.admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def source_db(server: Server, sample_template: str) -> Iterator[str]:
+    name = new_database(server, sample_template)
+    yield name
+    drop_database(server, name)
+
+
+@pytest.fixture
+def scratch_db(server: Server) -> Iterator[str]:
+    """A name for a database the test creates itself (e.g. the restore's target)."""
+    name = f"bp_restore_{uuid.uuid4().hex[:10]}"
+    yield name
+    drop_database(server, name)
+
+
+def write_config_dir(path: Path) -> Path:
+    """The deployment files the seeds back up, as an administrator's /config would hold them."""
+    (path / "ssl").mkdir(parents=True)
+    (path / ".env.production").write_text("POSTGRES_PASSWORD=app-secret\nSMTP_PASS=x\n")
+    (path / "docker-compose.prod.yml").write_text("services:\n  app:\n    image: hub:1\n")
+    (path / "nginx.prod.conf").write_text("server { listen 443 ssl; }\n")
+    (path / "ssl" / "cert.pem").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n")
+    (path / "ssl" / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIE\n")
+    return path
+
+
+@pytest.fixture
+def backup_env(tmp_path: Path, server: Server, source_db: str,
+               monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment of a backup of `source_db`, also set in os.environ for dg.EnvVar."""
+    env = {
+        **server.env(source_db),
+        "BACKUP_DIR": str(tmp_path / "backups"),
+        "BACKUP_CONFIG_DIR": str(write_config_dir(tmp_path / "config")),
+        "BACKUP_MIN_SIZE_MB": "0",
+        "BACKUP_DB_RETRY_BASE_SECONDS": "0.1",
+        "BACKUP_LOCK_TIMEOUT_SECONDS": "5",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as test_instance:
+        yield test_instance

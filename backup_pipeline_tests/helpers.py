@@ -1,0 +1,87 @@
+"""What several tests do: run the backup through Dagster, read archives, compare databases."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+
+from backup_pipeline import layout
+from backup_pipeline.definitions import build_defs
+from backup_pipeline.settings import load_settings
+
+CRITICAL = ["users", "user_roles", "organizations", "agencies", "referrals", "exchange_rates",
+            "system_settings", "roles", "permissions", "role_permissions"]
+WINDOWED = ["credit_transactions", "point_transactions", "purchases"]
+EXCLUDED = ["sessions", "audit_logs", "app_logs"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_backup(env: dict[str, str], instance: dg.DagsterInstance
+               ) -> dg.ExecuteInProcessResult:
+    """backup_job, as the schedule would run it, through Dagster's own in-process execution."""
+    defs = build_defs(load_settings(env))
+    return defs.resolve_job_def("backup_job").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+
+
+def archives(backup_dir: str | Path) -> list[Path]:
+    return sorted(Path(backup_dir).glob(layout.ARCHIVE_GLOB))
+
+
+def read_member(archive: Path, name: str) -> bytes:
+    with tarfile.open(archive, "r:gz") as tar:
+        member = tar.extractfile(name)
+        assert member is not None, f"{name} missing from {archive}"
+        return member.read()
+
+
+def manifest(archive: Path) -> dict:
+    return json.loads(read_member(archive, layout.MANIFEST))
+
+
+def rows(dsn: str, table: str, where: str = "true") -> list[str]:
+    """Every row of `table` as text, sorted: content, not just counts."""
+    with psycopg.connect(dsn) as conn:
+        return [r[0] for r in conn.execute(
+            f"SELECT t::text FROM {table} t WHERE {where} ORDER BY 1")]
+
+
+def scalar(dsn: str, query: str, params: tuple = ()):
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(query, params).fetchone()
+        return row[0] if row else None
+
+
+def procedure_commands(info_text: str) -> list[str]:
+    """The `$ ` command lines of BACKUP_INFO.txt's restore procedure, in order."""
+    return [m.group(1) for m in re.finditer(r"^\s+\$ (.+)$", info_text, re.MULTILINE)]
+
+
+def follow_restore_procedure(archive: Path, workdir: Path, pg_env: dict[str, str],
+                             restore_db: str, project_dir: Path) -> subprocess.CompletedProcess:
+    """Run BACKUP_INFO.txt's commands literally with bash; step 1's exports come from us."""
+    info = read_member(archive, layout.BACKUP_INFO).decode()
+    commands = [c for c in procedure_commands(info) if not c.startswith("export ")]
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / archive.name).write_bytes(archive.read_bytes())
+    env = {
+        **os.environ,
+        "ARCHIVE": archive.name,
+        "PGHOST": pg_env["POSTGRES_HOST"],
+        "PGPORT": pg_env["POSTGRES_PORT"],
+        "PGUSER": pg_env["POSTGRES_USER"],
+        "PGPASSWORD": pg_env["POSTGRES_PASSWORD"],
+        "RESTORE_DB": restore_db,
+        "PROJECT_DIR": str(project_dir),
+    }
+    script = "set -euo pipefail\n" + "\n".join(commands) + "\n"
+    return subprocess.run(["bash", "-c", script], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=600)
