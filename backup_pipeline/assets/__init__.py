@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from backup_pipeline.assets.archive import backup_archive
+from backup_pipeline.assets.archive import build_backup_archive
 from backup_pipeline.assets.checks import archive_checks
 from backup_pipeline.assets.config_snapshot import build_config_snapshot
 from backup_pipeline.assets.database import build_database_export
@@ -15,7 +15,7 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     return [
         build_database_export(settings),
         build_config_snapshot(settings),
-        backup_archive,
+        build_backup_archive(settings),
         backup_status,
     ]
 

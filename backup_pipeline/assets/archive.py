@@ -23,10 +23,11 @@ import jinja2
 import psycopg
 
 from backup_pipeline import layout
-from backup_pipeline.assets.config_snapshot import CONFIG_RECORD
-from backup_pipeline.assets.database import EXPORT_RECORD
+from backup_pipeline.assets.config_snapshot import CONFIG_KEY, CONFIG_RECORD
+from backup_pipeline.assets.database import EXPORT_RECORD, export_specs
 from backup_pipeline.resources.postgres import HashingWriter
 from backup_pipeline.resources.storage import BackupStorage
+from backup_pipeline.settings import Settings
 from backup_pipeline.verify import verify_archive
 
 ARCHIVE_KEY = dg.AssetKey("backup_archive")
@@ -231,53 +232,59 @@ def _read_record(staging: Path, name: str) -> dict:
     return json.loads(path.read_text())
 
 
-@dg.asset(
-    key=ARCHIVE_KEY,
-    deps=["database_export", "config_snapshot"],
-    group_name="archive",
-    kinds={"file"},
-    description="critical_backup_YYYYMMDD_HHMMSS.tar.gz in BACKUP_DIR: BACKUP_INFO.txt, "
-                "manifest.json, database/ and config/, verified before it gets its name.",
-)
-def backup_archive(context: dg.AssetExecutionContext, storage: BackupStorage
-                   ) -> dg.MaterializeResult:
-    staging = storage.staging(context.run.run_id)
-    export = _read_record(staging, EXPORT_RECORD)
-    config = _read_record(staging, CONFIG_RECORD)
-    created_at = datetime.now(UTC)
-    name = layout.archive_name(created_at, storage.timezone)
-    started = time.monotonic()
-    manifest = build_manifest(export, config, created_at, name, staging)
-    partial = storage.partial_path(name, context.run.run_id)
-    try:
-        sha256 = write_archive(partial, staging, manifest, created_at.timestamp())
-        written = time.monotonic()
-        report = verify_archive(partial)
-        if not report.ok:
-            raise RuntimeError(
-                f"the new archive failed verification and was discarded: {report.summary()}. "
-                f"Earlier archives are untouched."
-            )
-        final = storage.publish(partial, created_at)
-    finally:
-        partial.unlink(missing_ok=True)
-    size = final.stat().st_size
-    context.log.info(
-        f"archive {final} ({size / 1024:.1f} KiB, sha256 {sha256}) written in "
-        f"{written - started:.2f} s and verified in {time.monotonic() - written:.2f} s"
+def build_backup_archive(settings: Settings) -> dg.AssetsDefinition:
+    """The archive depends on every table's asset, so lineage leads back to each dump."""
+    deps = [spec.key for spec in export_specs(settings)] + [CONFIG_KEY]
+
+    @dg.asset(
+        key=ARCHIVE_KEY,
+        deps=deps,
+        group_name="archive",
+        kinds={"file"},
+        description="critical_backup_YYYYMMDD_HHMMSS.tar.gz in BACKUP_DIR: BACKUP_INFO.txt, "
+                    "manifest.json, database/ and config/, verified before it gets its name.",
     )
-    return dg.MaterializeResult(
-        metadata={
-            "path": dg.MetadataValue.path(str(final)),
-            "archive_name": final.name,
-            "bytes": size,
-            "size_mb": round(size / (1024 * 1024), 3),
-            "sha256": sha256,
-            "files": len(manifest["files"]) + 1,
-            "rows": sum(t["rows"] for t in export["tables"]),
-            "cutoff": export["window"]["cutoff"],
-            "config_missing": dg.MetadataValue.json(config["missing"]),
-            "build_seconds": round(written - started, 3),
-            "verify_seconds": round(time.monotonic() - written, 3),
-        }
-    )
+    def backup_archive(context: dg.AssetExecutionContext, storage: BackupStorage
+                       ) -> dg.MaterializeResult:
+        staging = storage.staging(context.run.run_id)
+        export = _read_record(staging, EXPORT_RECORD)
+        config = _read_record(staging, CONFIG_RECORD)
+        created_at = datetime.now(UTC)
+        name = layout.archive_name(created_at, storage.timezone)
+        started = time.monotonic()
+        manifest = build_manifest(export, config, created_at, name, staging)
+        partial = storage.partial_path(name, context.run.run_id)
+        try:
+            sha256 = write_archive(partial, staging, manifest, created_at.timestamp())
+            written = time.monotonic()
+            report = verify_archive(partial)
+            if not report.ok:
+                raise RuntimeError(
+                    f"the new archive failed verification and was discarded: {report.summary()}. "
+                    f"Earlier archives are untouched."
+                )
+            final = storage.publish(partial, created_at)
+        finally:
+            partial.unlink(missing_ok=True)
+        size = final.stat().st_size
+        context.log.info(
+            f"archive {final} ({size / 1024:.1f} KiB, sha256 {sha256}) written in "
+            f"{written - started:.2f} s and verified in {time.monotonic() - written:.2f} s"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(final)),
+                "archive_name": final.name,
+                "bytes": size,
+                "size_mb": round(size / (1024 * 1024), 3),
+                "sha256": sha256,
+                "files": len(manifest["files"]) + 1,
+                "rows": sum(t["rows"] for t in export["tables"]),
+                "cutoff": export["window"]["cutoff"],
+                "config_missing": dg.MetadataValue.json(config["missing"]),
+                "build_seconds": round(written - started, 3),
+                "verify_seconds": round(time.monotonic() - written, 3),
+            }
+        )
+
+    return backup_archive

@@ -20,6 +20,7 @@ from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.settings import Settings
 
 CONFIG_RECORD = "config.json"
+CONFIG_KEY = dg.AssetKey("config_snapshot")
 
 
 def _copy(source: Path, target: Path) -> dict:

@@ -68,8 +68,9 @@ def _file_record(path: str, result: CopyResult) -> dict:
     return {"path": path, "size": result.size, "sha256": result.sha256}
 
 
-def build_database_export(settings: Settings) -> dg.AssetsDefinition:
-    specs = [
+def export_specs(settings: Settings) -> list[dg.AssetSpec]:
+    """Every asset the export materializes: the schema, each critical table, each window."""
+    return [
         dg.AssetSpec(
             SCHEMA_KEY,
             description="The whole database schema (every table, also those not backed up), "
@@ -80,6 +81,10 @@ def build_database_export(settings: Settings) -> dg.AssetsDefinition:
         *dump_specs(settings),
         *transaction_specs(settings),
     ]
+
+
+def build_database_export(settings: Settings) -> dg.AssetsDefinition:
+    specs = export_specs(settings)
 
     @dg.multi_asset(
         name="database_export",
@@ -94,12 +99,14 @@ def build_database_export(settings: Settings) -> dg.AssetsDefinition:
         database_dir = staging / layout.DATABASE_DIR
         database_dir.mkdir(mode=0o700, exist_ok=True)
         started = time.monotonic()
-        with postgres.snapshot(lock_tables=settings.backed_up_tables, log=context.log) as snap:
+        with postgres.snapshot(log=context.log) as snap:
             pg_dump_version = postgres.check_pg_dump_version(
                 snap.server_version_num, snap.server_version
             )
             cutoff = window_cutoff(snap, settings.transaction_months)
             plan = build_plan(snap.connection, settings, cutoff)
+            snap.lock([t.identifier for t in plan.critical] + [w.table.identifier
+                                                               for w in plan.windowed])
             expected = _estimated_bytes(snap, plan)
             free = storage.check_free_space(expected)
             context.log.info(

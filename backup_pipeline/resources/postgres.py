@@ -112,6 +112,11 @@ class Snapshot:
     server_version_num: int
     resource: PostgresResource
 
+    def lock(self, tables: list[sql.Composable]) -> None:
+        """ACCESS SHARE locks until the end: no table can be dropped or altered mid-backup."""
+        for table in tables:
+            self.connection.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(table))
+
     def copy_to(self, query: sql.Composable, writer: HashingWriter) -> int:
         """Stream `COPY (...) TO STDOUT` into `writer`; returns the row count the server reported."""
         with self.connection.cursor() as cur:
@@ -247,10 +252,8 @@ class PostgresResource(dg.ConfigurableResource):
         return text
 
     @contextmanager
-    def snapshot(
-        self, *, lock_tables: tuple[str, ...] = (), log: dg.DagsterLogManager | None = None
-    ) -> Iterator[Snapshot]:
-        """One exported snapshot, held open (with ACCESS SHARE locks) until the block ends."""
+    def snapshot(self, *, log: dg.DagsterLogManager | None = None) -> Iterator[Snapshot]:
+        """One exported snapshot, held open until the block ends."""
         conn = self.connect(log=log, autocommit=True)
         try:
             conn.execute("SET client_encoding = 'UTF8'")
@@ -260,12 +263,6 @@ class PostgresResource(dg.ConfigurableResource):
             conn.execute("SET extra_float_digits = 3")
             conn.execute(f"SET lock_timeout = '{int(self.lock_timeout_seconds)}s'")
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            for table in lock_tables:
-                conn.execute(
-                    sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-                        sql.Identifier(*table.split("."))
-                    )
-                )
             row = conn.execute(
                 "SELECT pg_export_snapshot(), now(), current_setting('server_version'), "
                 "current_setting('server_version_num')::int"

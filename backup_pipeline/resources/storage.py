@@ -79,7 +79,7 @@ class BackupStorage(dg.ConfigurableResource):
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[BackupStorage]:
         """Run-scoped: whatever the run staged is removed when it ends, failed or not."""
-        self._run_id = context.run_id
+        self._run_id = context.run.run_id if context.run else None
         try:
             yield self
         finally:
