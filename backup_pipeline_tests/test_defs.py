@@ -1,0 +1,62 @@
+"""The Definitions resolve: job, schedule, one asset per table, lineage back to every dump."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from backup_pipeline.definitions import build_defs
+from backup_pipeline.settings import load_settings
+from backup_pipeline_tests.helpers import CRITICAL, WINDOWED
+
+
+def test_definitions_module_loads(monkeypatch, tmp_path):
+    monkeypatch.setenv("BACKUP_DIR", str(tmp_path))
+    import importlib
+
+    import backup_pipeline.definitions as module
+
+    module = importlib.reload(module)
+    assert isinstance(module.defs, dg.Definitions)
+    module.defs.resolve_job_def("backup_job")
+
+
+def test_one_asset_per_table_and_lineage_to_every_dump():
+    defs = build_defs(load_settings({}))
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert {f"dumps/{t}" for t in CRITICAL} <= keys
+    assert {f"transactions/{t}" for t in WINDOWED} <= keys
+    assert {"database_schema", "config_snapshot", "backup_archive", "backup_status"} <= keys
+    upstream = {k.to_user_string() for k in graph.get(dg.AssetKey("backup_archive")).parent_keys}
+    assert {f"dumps/{t}" for t in CRITICAL} | {f"transactions/{t}" for t in WINDOWED} \
+        | {"database_schema", "config_snapshot"} == upstream
+    checks = {k.name for k in graph.asset_check_keys}
+    assert checks == {"gzip_and_tar_integrity", "manifest_checksums", "dumps_readable",
+                      "size_within_bounds"}
+    assert all(graph.get_check_spec(k).blocking for k in graph.asset_check_keys)
+
+
+def test_schedule_follows_the_settings():
+    defs = build_defs(load_settings({"BACKUP_SCHEDULE": "30 3 * * *",
+                                     "BACKUP_TIMEZONE": "Asia/Bangkok"}))
+    schedule = defs.resolve_schedule_def("nightly_backup_schedule")
+    assert schedule.cron_schedule == "30 3 * * *"
+    assert schedule.execution_timezone == "Asia/Bangkok"
+    assert schedule.job_name == "backup_job"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_custom_table_list_changes_the_assets():
+    defs = build_defs(load_settings({"BACKUP_TABLES": "users,organizations",
+                                     "BACKUP_TRANSACTION_TABLES": "purchases"}))
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert "dumps/users" in keys and "dumps/agencies" not in keys
+    assert "transactions/purchases" in keys and "transactions/credit_transactions" not in keys
+
+
+def test_password_is_an_env_var_not_a_value(monkeypatch):
+    monkeypatch.setenv("POSTGRES_PASSWORD", "s3cret-value")
+    defs = build_defs(load_settings({}))
+    postgres = defs.resources["postgres"]
+    assert isinstance(postgres.password, dg.EnvVar)
+    assert "s3cret-value" not in repr(postgres)

@@ -1,0 +1,151 @@
+"""BACKUP_DIR rules: atomic names, status files, retention that never loses the newest."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from backup_pipeline import layout
+from backup_pipeline.resources.storage import BackupStorage
+from backup_pipeline.verify import verify_archive
+from backup_pipeline_tests.helpers import REPO, archives, run_backup
+
+NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+
+
+def _storage(path: Path, **kwargs) -> BackupStorage:
+    return BackupStorage(backup_dir=str(path), **kwargs)
+
+
+def _archive_at(folder: Path, days_ago: float, content: bytes = b"x") -> Path:
+    path = folder / layout.archive_name(NOW - timedelta(days=days_ago), "UTC")
+    path.write_bytes(content)
+    return path
+
+
+def test_retention_keeps_recent_and_minimum_and_foreign_files(tmp_path):
+    storage = _storage(tmp_path, retention_days=30, retention_min_count=3)
+    recent = [_archive_at(tmp_path, d) for d in (1, 10)]
+    old = [_archive_at(tmp_path, d) for d in (40, 50, 60)]
+    foreign = [tmp_path / "critical_backup_manual.tar.gz", tmp_path / "notes.txt",
+               tmp_path / "critical_backup_20200101_000000.tar.gz.bak"]
+    for path in foreign:
+        path.write_text("admin's own file")
+    link = tmp_path / layout.archive_name(NOW - timedelta(days=90), "UTC")
+    link.symlink_to(old[-1])
+
+    result = storage.apply_retention(newest=recent[0], now=NOW)
+
+    assert sorted(result.deleted) == sorted(p.name for p in old[1:])
+    assert all(p.exists() for p in recent + old[:1] + foreign)
+    assert link.is_symlink()
+
+
+def test_retention_never_deletes_the_newest_even_when_everything_is_old(tmp_path):
+    storage = _storage(tmp_path, retention_days=1, retention_min_count=1)
+    olds = [_archive_at(tmp_path, d) for d in (100, 200, 300)]
+    result = storage.apply_retention(newest=olds[0], now=NOW)
+    assert olds[0].exists()
+    assert sorted(result.deleted) == sorted(p.name for p in olds[1:])
+
+
+def test_two_archives_in_the_same_second_both_keep_their_name_pattern(tmp_path):
+    storage = _storage(tmp_path)
+    storage.ensure_root()
+    names = []
+    for run in ("run-aaaa-1111", "run-bbbb-2222"):
+        partial = storage.partial_path(layout.archive_name(NOW, "UTC"), run)
+        partial.write_bytes(run.encode())
+        names.append(storage.publish(partial, NOW).name)
+    assert names == ["critical_backup_20261123_020000.tar.gz",
+                     "critical_backup_20261123_020001.tar.gz"]
+    assert (tmp_path / names[0]).read_bytes() == b"run-aaaa-1111"
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_status_files_never_move_backwards(tmp_path):
+    storage = _storage(tmp_path)
+    storage.ensure_root()
+    archive = _archive_at(tmp_path, 0)
+    storage.write_status(archive, 5 * 1024 * 1024 + 1, "ab" * 32, 2_000_000_000)
+    storage.write_status(archive, 1, "cd" * 32, 1_000_000_000)
+    assert (tmp_path / layout.LAST_SUCCESS_FILE).read_text() == "2000000000\n"
+    assert (tmp_path / layout.LAST_SIZE_FILE).read_text() == "6\n"
+    assert json.loads((tmp_path / layout.LAST_BACKUP_FILE).read_text())["sha256"] == "ab" * 32
+
+
+def test_a_good_run_applies_retention_after_verification(backup_env, instance):
+    backup_dir = Path(backup_env["BACKUP_DIR"])
+    backup_dir.mkdir(mode=0o700)
+    env = {**backup_env, "BACKUP_RETENTION_DAYS": "30", "BACKUP_RETENTION_MIN_COUNT": "1"}
+    old = backup_dir / layout.archive_name(datetime.now(UTC) - timedelta(days=45), "UTC")
+    old.write_bytes(b"old archive")
+    result = run_backup(env, instance)
+    assert result.success
+    assert not old.exists()
+    [archive] = archives(backup_dir)
+    status = next(e.step_materialization_data.materialization.metadata
+                  for e in result.get_asset_materialization_events()
+                  if e.asset_key.to_user_string() == "backup_status")
+    assert status["deleted"].value == [old.name]
+    assert json.loads((backup_dir / layout.LAST_BACKUP_FILE).read_text())["archive"] \
+        == archive.name
+
+
+def test_a_failed_check_applies_no_retention_and_keeps_the_status(backup_env, instance):
+    backup_dir = Path(backup_env["BACKUP_DIR"])
+    backup_dir.mkdir(mode=0o700)
+    old = backup_dir / layout.archive_name(datetime.now(UTC) - timedelta(days=45), "UTC")
+    old.write_bytes(b"old archive")
+    env = {**backup_env, "BACKUP_RETENTION_MIN_COUNT": "1", "BACKUP_MAX_SIZE_MB": "0.001"}
+    result = run_backup(env, instance)
+    assert not result.success
+    size_check = next(c for c in result.get_asset_check_evaluations()
+                      if c.check_name == "size_within_bounds")
+    assert not size_check.passed
+    assert "outside BACKUP_MIN_SIZE_MB=0 .. BACKUP_MAX_SIZE_MB=0.001" in size_check.description
+    assert old.exists()
+    assert not (backup_dir / layout.LAST_SUCCESS_FILE).exists()
+
+
+def _dagster_job_execute(env: dict[str, str], home: Path) -> subprocess.Popen:
+    home.mkdir()
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster")), "job", "execute",
+         "-m", "backup_pipeline.definitions", "-j", "backup_job"],
+        env={**os.environ, **env, "DAGSTER_HOME": str(home)}, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def test_dagster_job_execute_twice_at_once(backup_env, tmp_path):
+    """Two runs at once (by hand while the schedule fires) make two good archives."""
+    runs = [_dagster_job_execute(backup_env, tmp_path / f"home{i}") for i in (1, 2)]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    for run, output in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, output[-3000:]
+        assert "RUN_SUCCESS" in output
+        assert backup_env["POSTGRES_PASSWORD"] not in output
+    found = archives(backup_env["BACKUP_DIR"])
+    assert len(found) == 2
+    assert all(verify_archive(a).ok for a in found)
+    status = json.loads((Path(backup_env["BACKUP_DIR"]) / layout.LAST_BACKUP_FILE).read_text())
+    assert status["archive"] in {a.name for a in found}
+    # Each run is recorded in its Dagster instance, not a throwaway one.
+    for i in (1, 2):
+        assert (tmp_path / f"home{i}" / "history" / "runs.db").exists()
+
+
+def test_dagster_job_execute_rejects_an_invalid_setting(backup_env, tmp_path):
+    env = {**backup_env, "BACKUP_TRANSACTION_MONTHS": "three"}
+    run = _dagster_job_execute(env, tmp_path / "home")
+    output = run.communicate(timeout=120)[0]
+    assert run.returncode != 0
+    assert "BACKUP_TRANSACTION_MONTHS='three' is not valid" in output
+    assert not Path(backup_env["BACKUP_DIR"]).exists()
+    shutil.rmtree(tmp_path / "home")

@@ -1,0 +1,108 @@
+"""Verification catches damaged, tampered and malicious archives, and names what is wrong."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from backup_pipeline.verify import verify_archive
+from backup_pipeline_tests.helpers import archives, run_backup
+
+
+@pytest.fixture
+def good_archive(backup_env, instance) -> Path:
+    assert run_backup(backup_env, instance).success
+    [archive] = archives(backup_env["BACKUP_DIR"])
+    return archive
+
+
+def _rewrite(source: Path, target: Path, change=None, extra: list[tarfile.TarInfo] = ()) -> Path:
+    """Copy the archive member by member, letting `change` alter one file's bytes."""
+    with tarfile.open(source, "r:gz") as old, tarfile.open(target, "w:gz") as new:
+        for member in old:
+            data = old.extractfile(member).read() if member.isfile() else None
+            if data is not None and change:
+                data = change(member.name, data)
+                member.size = len(data)
+            new.addfile(member, io.BytesIO(data) if data is not None else None)
+        for info in extra:
+            new.addfile(info, io.BytesIO(b"x" * info.size) if info.isfile() else None)
+    return target
+
+
+def test_good_archive_verifies(good_archive):
+    report = verify_archive(good_archive)
+    assert report.ok, report.problems
+    assert "database/users.sql" in report.files
+
+
+def test_truncated_archive_fails(good_archive, tmp_path):
+    data = good_archive.read_bytes()
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(data[: len(data) // 2])
+    report = verify_archive(truncated)
+    assert not report.ok
+    assert any("truncated" in p or "corrupt" in p for p in report.problems)
+
+
+def test_flipped_byte_fails_the_gzip_check(good_archive, tmp_path):
+    data = bytearray(good_archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged = tmp_path / "damaged.tar.gz"
+    damaged.write_bytes(bytes(data))
+    assert not verify_archive(damaged).ok
+
+
+def test_tampered_file_fails_its_checksum(good_archive, tmp_path):
+    def change(name, data):
+        return data.replace(b"user1@example.com", b"evil1@example.com") \
+            if name == "database/users.sql" else data
+
+    report = verify_archive(_rewrite(good_archive, tmp_path / "t.tar.gz", change))
+    assert any(p.startswith("database/users.sql does not match the manifest")
+               for p in report.problems)
+
+
+def test_csv_with_a_missing_row_is_unreadable(good_archive, tmp_path):
+    def change(name, data):
+        if name != "database/purchases.csv":
+            return data
+        lines = data.split(b"\n")
+        return b"\n".join(lines[:1] + lines[2:])
+
+    report = verify_archive(_rewrite(good_archive, tmp_path / "t.tar.gz", change))
+    assert any("database/purchases.csv is not readable" in p and "the manifest says" in p
+               for p in report.problems)
+
+
+def test_truncated_sql_dump_is_unreadable(good_archive, tmp_path):
+    def change(name, data):
+        return data[: len(data) // 2] if name == "database/users.sql" else data
+
+    report = verify_archive(_rewrite(good_archive, tmp_path / "t.tar.gz", change))
+    assert any("database/users.sql is not readable" in p for p in report.problems)
+
+
+@pytest.mark.parametrize(("kind", "expected"), [
+    ("absolute", "has an absolute path"),
+    ("dotdot", "contains '..'"),
+    ("symlink", "is a link to"),
+    ("device", "is a device"),
+    ("unexpected", "not in the manifest: unexpected file"),
+])
+def test_malicious_or_unexpected_members_are_refused(good_archive, tmp_path, kind, expected):
+    info = tarfile.TarInfo({"absolute": "/etc/cron.d/evil", "dotdot": "database/../../evil",
+                            "symlink": "database/evil", "device": "database/dev",
+                            "unexpected": "database/extra.sql"}[kind])
+    if kind == "symlink":
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    elif kind == "device":
+        info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
+    else:
+        info.size = 4
+    report = verify_archive(_rewrite(good_archive, tmp_path / "m.tar.gz", extra=[info]))
+    assert not report.ok
+    assert any(expected in p for p in report.problems), report.problems
