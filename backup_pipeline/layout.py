@@ -29,7 +29,9 @@ SCHEMA_PRE_DATA = f"{DATABASE_DIR}/_schema_pre_data.sql"
 SCHEMA_POST_DATA = f"{DATABASE_DIR}/_schema_post_data.sql"
 SEQUENCES = f"{DATABASE_DIR}/_sequences.sql"
 RESTORE_SCRIPT = f"{DATABASE_DIR}/_restore.psql"
-RESERVED_TABLE_FILES = frozenset({"_schema_pre_data", "_schema_post_data", "_sequences", "_restore"})
+RESERVED_TABLE_FILES = frozenset(
+    {"_schema_pre_data", "_schema_post_data", "_sequences", "_restore"}
+)
 
 # Status files the seeds' monitoring reads, in BACKUP_DIR.
 LAST_SUCCESS_FILE = ".last_backup_success"

@@ -9,6 +9,7 @@ a hidden `.partial` file that is removed.
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import platform
@@ -139,34 +140,25 @@ def write_archive(target: Path, staging: Path, manifest: dict, mtime: float) -> 
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         sink = _HashingSink(handle)
-        with gzip.GzipFile(filename="", mode="wb", fileobj=sink,
-                           compresslevel=COMPRESSION_LEVEL, mtime=int(mtime)) as gz:
-            with tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                tar.addfile(_tar_info(layout.MANIFEST, len(manifest_bytes), mtime),
-                            _BytesReader(manifest_bytes))
-                folders: set[str] = set()
-                for entry in manifest["files"]:
-                    parents = Path(entry["path"]).parents
-                    for folder in reversed([p.as_posix() for p in parents if p.as_posix() != "."]):
-                        if folder not in folders:
-                            folders.add(folder)
-                            tar.addfile(_tar_info(folder, 0, mtime, directory=True))
-                    with (staging / entry["path"]).open("rb") as source:
-                        tar.addfile(_tar_info(entry["path"], entry["size"], mtime), source)
+        with (
+            gzip.GzipFile(filename="", mode="wb", fileobj=sink,
+                          compresslevel=COMPRESSION_LEVEL, mtime=int(mtime)) as gz,
+            tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            tar.addfile(_tar_info(layout.MANIFEST, len(manifest_bytes), mtime),
+                        io.BytesIO(manifest_bytes))
+            folders: set[str] = set()
+            for entry in manifest["files"]:
+                parents = Path(entry["path"]).parents
+                for folder in reversed([p.as_posix() for p in parents if p.as_posix() != "."]):
+                    if folder not in folders:
+                        folders.add(folder)
+                        tar.addfile(_tar_info(folder, 0, mtime, directory=True))
+                with (staging / entry["path"]).open("rb") as source:
+                    tar.addfile(_tar_info(entry["path"], entry["size"], mtime), source)
         handle.flush()
         os.fsync(handle.fileno())
     return sink.sha256
-
-
-class _BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self._data, self._offset = data, 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size < 0 else self._offset + size
-        chunk = self._data[self._offset:end]
-        self._offset += len(chunk)
-        return chunk
 
 
 def build_manifest(export: dict, config: dict, created_at: datetime, name: str,

@@ -118,7 +118,7 @@ class Snapshot:
             self.connection.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(table))
 
     def copy_to(self, query: sql.Composable, writer: HashingWriter) -> int:
-        """Stream `COPY (...) TO STDOUT` into `writer`; returns the row count the server reported."""
+        """Stream `COPY (...) TO STDOUT` into `writer`; returns the server's row count."""
         with self.connection.cursor() as cur:
             with cur.copy(query) as copy:
                 for block in copy:

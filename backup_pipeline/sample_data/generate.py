@@ -155,7 +155,8 @@ def load_sample_data(conn: psycopg.Connection, scale: float = 1.0, seed: float =
         INSERT INTO point_transactions (user_id, credit_transaction_id, amount, reason, created_at)
         SELECT 1 + (i % %(users)s),
                CASE WHEN i % 3 = 0 THEN 1 + (random() * (%(credits)s - 1))::bigint END,
-               (random() * 200)::int, (ARRAY['daily login','referral, bonus','purchase'])[1 + i % 3],
+               (random() * 200)::int,
+               (ARRAY['daily login', 'referral, bonus', 'purchase'])[1 + i % 3],
                now() - (random() * interval '365 days')
         FROM generate_series(1, %(points)s) i
     """, {"users": n["users"], "credits": n["credit_transactions"],

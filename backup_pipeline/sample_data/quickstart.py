@@ -1,0 +1,101 @@
+"""The README's first command: a real backup, end to end, on a throwaway sample database.
+
+It starts a private PostgreSQL, loads the sample Smart AI Hub data, writes sample config files,
+and runs `dagster job execute` exactly as an administrator would, with the seeds' environment
+variables pointing at all of it. Everything lives under one folder (`.demo/` by default).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+from backup_pipeline import layout
+from backup_pipeline.sample_data.cluster import start_cluster
+from backup_pipeline.sample_data.generate import create_schema, load_sample_data
+from backup_pipeline.verify import verify_archive
+
+SAMPLE_CONFIG = {
+    ".env.production": "POSTGRES_PASSWORD=change-me\nSMTP_HOST=smtp.example.com\n",
+    "docker-compose.prod.yml": "services:\n  api:\n    image: smart-ai-hub/api:latest\n",
+    "nginx.prod.conf": "server {\n  listen 443 ssl;\n  server_name hub.example.com;\n}\n",
+    "ssl/cert.pem": "-----BEGIN CERTIFICATE-----\n(sample)\n-----END CERTIFICATE-----\n",
+    "ssl/key.pem": "-----BEGIN PRIVATE KEY-----\n(sample)\n-----END PRIVATE KEY-----\n",
+}
+
+
+def _write_config(folder: Path) -> None:
+    for name, text in SAMPLE_CONFIG.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def run_quickstart(workdir: Path, scale: float, keep_server: bool) -> int:
+    workdir = workdir.resolve()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    print("1/4 starting a throwaway PostgreSQL", flush=True)
+    # In a temporary folder, not under workdir: when running as root the server runs as the
+    # postgres user, who may not be allowed into the clone's folder (e.g. under /root).
+    cluster = start_cluster()
+    try:
+        print(f"2/4 loading the sample Smart AI Hub data (scale {scale:g})", flush=True)
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE smart_ai_hub")
+        with psycopg.connect(cluster.dsn("smart_ai_hub"), autocommit=True) as conn:
+            create_schema(conn)
+            counts = load_sample_data(conn, scale=scale)
+        print(f"    {sum(counts.values()):,} rows", flush=True)
+        _write_config(workdir / "config")
+        home = workdir / "dagster_home"
+        home.mkdir()
+        env = {
+            **cluster.env("smart_ai_hub"),
+            "BACKUP_DIR": str(workdir / "backups"),
+            "BACKUP_CONFIG_DIR": str(workdir / "config"),
+            "DAGSTER_HOME": str(home),
+        }
+        env_file = workdir / "demo.env"
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        env_file.chmod(0o600)
+        print("3/4 running: dagster job execute -m backup_pipeline.definitions -j backup_job",
+              flush=True)
+        log = workdir / "backup_run.log"
+        with log.open("w") as handle:
+            result = subprocess.run(
+                [str(Path(sys.executable).with_name("dagster")), "job", "execute",
+                 "-m", "backup_pipeline.definitions", "-j", "backup_job"],
+                env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT,
+            )
+        if result.returncode != 0:
+            print(f"the backup run FAILED (exit {result.returncode}); its log: {log}")
+            print("".join(log.read_text().splitlines(keepends=True)[-30:]))
+            return result.returncode
+        found = sorted((workdir / "backups").glob(layout.ARCHIVE_GLOB))
+        archive = found[-1]
+        report = verify_archive(archive)
+        print(f"4/4 verified: {report.summary()}")
+        print(f"\nArchive:  {archive} ({archive.stat().st_size / 1024 / 1024:.2f} MB)")
+        print(f"Run log:  {log}")
+        print(f"Inside:   tar -tzf {archive}   and   tar -xzOf {archive} BACKUP_INFO.txt")
+        print("\nOpen the Dagster UI on this run (then http://127.0.0.1:3000):")
+        print(f"  set -a; . {env_file}; set +a; "
+              f"{Path(sys.executable).with_name('dagster')} dev -m backup_pipeline.definitions")
+        if keep_server:
+            print(f"\nThe sample PostgreSQL keeps running on 127.0.0.1:{cluster.port}; stop it "
+                  f"with: runuser -u postgres -- pg_ctl -D {cluster.data_dir} stop  "
+                  f"(without runuser when not root)")
+        else:
+            print("(the sample PostgreSQL is stopped now; pass --keep-server to keep it for "
+                  "materializing again from the UI)")
+        return 0
+    finally:
+        if not keep_server:
+            cluster.stop()

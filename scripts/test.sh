@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# README step 2: install what is needed, lint, then run the whole test suite against a real
+# PostgreSQL the suite starts itself (or BACKUP_TEST_DSN). Arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/bootstrap.sh
+.venv/bin/ruff check backup_pipeline backup_pipeline_tests
+exec .venv/bin/pytest "$@"
