@@ -30,6 +30,7 @@ class TableInfo:
     relkind: str
     columns: tuple[str, ...]
     size_bytes: int
+    estimated_rows: float
 
     @property
     def qualified(self) -> str:
@@ -72,6 +73,16 @@ class ExportPlan:
     cutoff: datetime
     months: int
     foreign_keys: list[ForeignKey] = field(default_factory=list)
+    rows_in_window: dict[int, int] = field(default_factory=dict)
+
+    def estimated_bytes(self) -> int:
+        """Critical tables whole, windowed tables by the share of their rows in the window."""
+        total = sum(t.size_bytes for t in self.critical)
+        for windowed in self.windowed:
+            table = windowed.table
+            share = min(1.0, self.rows_in_window[table.oid] / table.estimated_rows)
+            total += int(table.size_bytes * share)
+        return total
 
     def critical_copy(self, table: TableInfo) -> sql.Composable:
         """COPY text format: the same data section pg_dump writes, loadable by psql."""
@@ -135,6 +146,7 @@ def _referenced_rows(fk: ForeignKey, source: TableInfo, where: sql.Composable | 
 
 _TABLE_QUERY = """
 SELECT c.oid::int, n.nspname, c.relname, c.relkind, pg_relation_size(c.oid),
+       greatest(c.reltuples, 1)::float8,
        array(SELECT a.attname FROM pg_attribute a
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                AND a.attgenerated = '' ORDER BY a.attnum)
@@ -167,8 +179,8 @@ def _resolve(conn: psycopg.Connection, name: str, variable: str) -> TableInfo:
             f"{variable} lists {name!r}, but there is no such table in the database: check the "
             f"name (schema.table for a schema other than public) or remove it from {variable}."
         )
-    oid, schema, relname, relkind, size, columns = row
-    return TableInfo(oid, schema, relname, relkind, tuple(columns), size)
+    oid, schema, relname, relkind, size, estimated_rows, columns = row
+    return TableInfo(oid, schema, relname, relkind, tuple(columns), size, estimated_rows)
 
 
 def _regclass_text(name: str) -> str:
@@ -207,4 +219,8 @@ def build_plan(conn: psycopg.Connection, settings: Settings, cutoff: datetime) -
                 f"to BACKUP_TABLES (or BACKUP_TRANSACTION_TABLES), or stop backing up {src_name}."
             )
         foreign_keys.append(ForeignKey(name, src, tuple(src_cols), dst, tuple(dst_cols)))
-    return ExportPlan(critical, windowed, cutoff, settings.transaction_months, foreign_keys)
+    plan = ExportPlan(critical, windowed, cutoff, settings.transaction_months, foreign_keys)
+    for entry in windowed:
+        count = conn.execute(plan.window_count(entry)).fetchone()
+        plan.rows_in_window[entry.table.oid] = int(count[0]) if count else 0
+    return plan

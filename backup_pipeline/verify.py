@@ -33,17 +33,32 @@ class FileCheck:
     problem: str | None = None
 
 
+INTEGRITY = "integrity"  # gzip, tar, and members that could escape the extraction folder
+CHECKSUMS = "checksums"  # files against the manifest: missing, different, unexpected
+READABILITY = "readability"  # dumps and CSVs parse, with the manifest's row counts
+
+
 @dataclass
 class VerificationReport:
     archive: Path
     size_bytes: int
     manifest: dict | None = None
     files: dict[str, FileCheck] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
+    found: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, kind: str, problem: str) -> None:
+        self.found.append((kind, problem))
+
+    def problems_of(self, kind: str) -> list[str]:
+        return [text for found_kind, text in self.found if found_kind == kind]
+
+    @property
+    def problems(self) -> list[str]:
+        return [text for _, text in self.found]
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.found
 
     @property
     def size_mb(self) -> float:
@@ -162,7 +177,7 @@ def _read_members(archive: Path, report: VerificationReport, tables: dict[str, d
             for member in tar:
                 reason = unsafe_member_reason(member)
                 if reason:
-                    report.problems.append(f"{member.name} {reason}: refusing the archive")
+                    report.add(INTEGRITY, f"{member.name} {reason}: refusing the archive")
                     continue
                 if not member.isfile():
                     continue
@@ -175,7 +190,7 @@ def _read_members(archive: Path, report: VerificationReport, tables: dict[str, d
                     try:
                         report.manifest = json.loads(data)
                     except ValueError as error:
-                        report.problems.append(f"{layout.MANIFEST} is not valid JSON: {error}")
+                        report.add(CHECKSUMS, f"{layout.MANIFEST} is not valid JSON: {error}")
                     continue
                 problem = _readability_problem(member.name, buffered, tables)
                 while buffered.read(CHUNK):
@@ -213,28 +228,29 @@ def verify_archive(archive: Path) -> VerificationReport:
     try:
         _read_members(archive, report, tables)
     except (gzip.BadGzipFile, zlib.error) as error:
-        report.problems.append(f"the gzip stream is corrupt: {error}")
+        report.add(INTEGRITY, f"the gzip stream is corrupt: {error}")
     except EOFError:
-        report.problems.append("the archive is truncated: the gzip stream ends early")
+        report.add(INTEGRITY, "the archive is truncated: the gzip stream ends early")
     except tarfile.TarError as error:
-        report.problems.append(f"the tar structure is corrupt: {error}")
+        report.add(INTEGRITY, f"the tar structure is corrupt: {error}")
     if report.manifest is None:
-        if not any("manifest" in p for p in report.problems):
-            report.problems.append(f"{layout.MANIFEST} is missing")
+        if not report.problems_of(CHECKSUMS):
+            report.add(CHECKSUMS, f"{layout.MANIFEST} is missing")
         return report
     listed = {entry["path"]: entry for entry in report.manifest.get("files", [])}
     for path, entry in listed.items():
         found = report.files.get(path)
         if found is None:
-            report.problems.append(f"{path} is listed in the manifest but missing")
+            report.add(CHECKSUMS, f"{path} is listed in the manifest but missing")
         elif found.size != entry["size"] or found.sha256 != entry["sha256"]:
-            report.problems.append(
+            report.add(
+                CHECKSUMS,
                 f"{path} does not match the manifest (size {found.size} vs {entry['size']}, "
                 f"sha256 {found.sha256[:12]} vs {entry['sha256'][:12]})"
             )
     for path, found in report.files.items():
         if path not in listed:
-            report.problems.append(f"{path} is not in the manifest: unexpected file")
+            report.add(CHECKSUMS, f"{path} is not in the manifest: unexpected file")
         if found.problem:
-            report.problems.append(f"{path} is not readable: {found.problem}")
+            report.add(READABILITY, f"{path} is not readable: {found.problem}")
     return report

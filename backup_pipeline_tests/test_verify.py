@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from backup_pipeline.assets.checks import check_results
 from backup_pipeline.verify import verify_archive
 from backup_pipeline_tests.helpers import archives, run_backup
+
+BACKUP_PIPELINE = str(Path(sys.executable).with_name("backup-pipeline"))
 
 
 @pytest.fixture
@@ -106,3 +111,31 @@ def test_malicious_or_unexpected_members_are_refused(good_archive, tmp_path, kin
     report = verify_archive(_rewrite(good_archive, tmp_path / "m.tar.gz", extra=[info]))
     assert not report.ok
     assert any(expected in p for p in report.problems), report.problems
+
+
+def test_asset_checks_fail_for_the_right_reason(good_archive, tmp_path):
+    def change(name, data):
+        return data + b"-- appended\n" if name == "config/nginx.prod.conf" else data
+
+    tampered = _rewrite(good_archive, tmp_path / "t.tar.gz", change)
+    results = {r.check_name: r.passed
+               for r in check_results(verify_archive(tampered), 0, 100)}
+    assert results == {"gzip_and_tar_integrity": True, "manifest_checksums": False,
+                       "dumps_readable": True, "size_within_bounds": True}
+    results = {r.check_name: r.passed
+               for r in check_results(verify_archive(good_archive), 50, 100)}
+    assert results["size_within_bounds"] is False
+
+
+def test_cli_verify_exit_status(good_archive, tmp_path):
+    ok = subprocess.run([BACKUP_PIPELINE, "verify", str(good_archive)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "database/users.sql" in ok.stdout and ok.stdout.strip().splitlines()[-1].startswith("OK")
+    data = good_archive.read_bytes()
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(data[: len(data) - 100])
+    failed = subprocess.run([BACKUP_PIPELINE, "verify", str(broken)],
+                            capture_output=True, text=True)
+    assert failed.returncode == 1
+    assert "FAILED" in failed.stdout

@@ -14,7 +14,13 @@ import dagster as dg
 
 from backup_pipeline.assets.archive import ARCHIVE_KEY, archive_materialization
 from backup_pipeline.resources.storage import BackupStorage
-from backup_pipeline.verify import VerificationReport, verify_archive
+from backup_pipeline.verify import (
+    CHECKSUMS,
+    INTEGRITY,
+    READABILITY,
+    VerificationReport,
+    verify_archive,
+)
 
 CHECK_SPECS = [
     dg.AssetCheckSpec("gzip_and_tar_integrity", asset=ARCHIVE_KEY, blocking=True,
@@ -31,15 +37,11 @@ CHECK_SPECS = [
 ]
 
 
-def _problems(report: VerificationReport, *needles: str) -> list[str]:
-    return [p for p in report.problems if any(n in p for n in needles)]
-
-
 def check_results(report: VerificationReport, min_mb: float, max_mb: float
                   ) -> Iterator[dg.AssetCheckResult]:
-    integrity = _problems(report, "gzip", "tar", "truncated", "refusing")
-    checksums = _problems(report, "manifest", "missing", "unexpected")
-    readable = _problems(report, "not readable")
+    integrity = report.problems_of(INTEGRITY)
+    checksums = report.problems_of(CHECKSUMS)
+    readable = report.problems_of(READABILITY)
     yield dg.AssetCheckResult(
         check_name="gzip_and_tar_integrity", passed=not integrity,
         metadata={"problems": dg.MetadataValue.json(integrity), "bytes": report.size_bytes},

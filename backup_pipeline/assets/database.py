@@ -20,7 +20,7 @@ from backup_pipeline.assets.transactions import (
     window_cutoff,
     write_window_csv,
 )
-from backup_pipeline.export_plan import ExportPlan, build_plan
+from backup_pipeline.export_plan import build_plan
 from backup_pipeline.resources.postgres import (
     CopyResult,
     HashingWriter,
@@ -40,20 +40,24 @@ FROM pg_sequences WHERE last_value IS NOT NULL ORDER BY schemaname, sequencename
 """
 
 
-def _estimated_bytes(snapshot: Snapshot, plan: ExportPlan) -> int:
-    """Critical tables whole, windowed tables by the share of their rows inside the window."""
-    total = sum(t.size_bytes for t in plan.critical)
-    for windowed in plan.windowed:
-        row = snapshot.connection.execute(
-            "SELECT greatest(reltuples, 1) FROM pg_class WHERE oid = %s", (windowed.table.oid,)
-        ).fetchone()
-        count = snapshot.connection.execute(plan.window_count(windowed)).fetchone()
-        share = min(1.0, (count[0] if count else 0) / float(row[0] if row else 1))
-        total += int(windowed.table.size_bytes * share)
-    return total
+_UNREADABLE_SEQUENCES_QUERY = """
+SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences
+WHERE NOT has_sequence_privilege(format('%I.%I', schemaname, sequencename), 'SELECT')
+ORDER BY 1
+"""
 
 
 def _write_sequences(snapshot: Snapshot, target: Path) -> CopyResult:
+    """setval() for every sequence, or a clear failure when the backup user cannot read one:
+    a restore that starts a sequence at 1 hands out ids that already exist."""
+    unreadable = [row[0] for row in snapshot.connection.execute(_UNREADABLE_SEQUENCES_QUERY)]
+    if unreadable:
+        user = snapshot.resource.user
+        raise PermissionError(
+            f"POSTGRES_USER {user} cannot read the position of the sequences "
+            f"{', '.join(unreadable)}, so a restore could not continue their ids. Grant it, "
+            f"e.g. GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {user}."
+        )
     lines = [row[0] for row in snapshot.connection.execute(_SEQUENCES_QUERY)]
     with target.open("wb") as handle:
         writer = HashingWriter(handle)
@@ -107,7 +111,7 @@ def build_database_export(settings: Settings) -> dg.AssetsDefinition:
             plan = build_plan(snap.connection, settings, cutoff)
             snap.lock([t.identifier for t in plan.critical] + [w.table.identifier
                                                                for w in plan.windowed])
-            expected = _estimated_bytes(snap, plan)
+            expected = plan.estimated_bytes()
             free = storage.check_free_space(expected)
             context.log.info(
                 f"snapshot {snap.snapshot_id} of {postgres.describe()} (server "
@@ -138,7 +142,8 @@ def build_database_export(settings: Settings) -> dg.AssetsDefinition:
                 table = windowed.table
                 path = layout.csv_path(table.qualified)
                 table_started = time.monotonic()
-                result, in_window = write_window_csv(snap, plan, windowed, staging / path)
+                result = write_window_csv(snap, plan, windowed, staging / path)
+                in_window = plan.rows_in_window[table.oid]
                 files.append(_file_record(path, result))
                 tables.append({
                     "table": table.qualified, "kind": "transactions", "path": path,

@@ -5,6 +5,7 @@ only ever names a verified backup, and retention only ever runs after a good new
 """
 
 
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -28,7 +29,7 @@ def backup_status(context: dg.AssetExecutionContext, storage: BackupStorage
     archive = Path(metadata["path"].value)
     with storage.locked():
         storage.write_status(archive, metadata["bytes"].value, metadata["sha256"].value,
-                             storage.now())
+                             time.time())
         retention = storage.apply_retention(newest=archive)
     for name in retention.deleted:
         context.log.info(f"retention deleted {name}")

@@ -52,11 +52,8 @@ def window_cutoff(snapshot: Snapshot, months: int):
 
 
 def write_window_csv(snapshot: Snapshot, plan: ExportPlan, windowed: WindowedTable, target: Path
-                     ) -> tuple[CopyResult, int]:
-    """Write the CSV; returns it and how many of its rows fall inside the window itself."""
+                     ) -> CopyResult:
     with target.open("wb") as handle:
         writer = HashingWriter(handle)
         rows = snapshot.copy_to(plan.window_copy(windowed), writer)
-    count = snapshot.connection.execute(plan.window_count(windowed)).fetchone()
-    in_window = int(count[0]) if count else 0
-    return CopyResult(rows=rows, size=writer.size, sha256=writer.sha256), in_window
+    return CopyResult(rows=rows, size=writer.size, sha256=writer.sha256)

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -228,7 +227,3 @@ class BackupStorage(dg.ConfigurableResource):
             for path in self.staging_root.iterdir():
                 if path.stat().st_mtime < limit:
                     shutil.rmtree(path, ignore_errors=True)
-
-    @staticmethod
-    def now() -> float:
-        return time.time()
