@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 import threading
 import time
@@ -89,6 +90,9 @@ def test_archive_restores_completely_by_following_backup_info(
     done = follow_restore_procedure(archive, tmp_path / "restore", backup_env, scratch_db, project)
     assert done.returncode == 0, done.stderr
     assert "restore complete" in done.stdout
+    # Step 5 printed the restored row counts: they are the manifest's.
+    for table in manifest(archive)["tables"]:
+        assert re.search(rf"{re.escape(table['table'])}\s*\|\s*{table['rows']}\b", done.stdout)
 
     source, restored = server.dsn(source_db), server.dsn(scratch_db)
     cutoff = manifest(archive)["window"]["cutoff"]
