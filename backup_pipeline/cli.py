@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 
@@ -20,6 +22,91 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _restore(args: argparse.Namespace) -> int:
+    from backup_pipeline.restore import RestoreError, restore_archive
+
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        print(f"[{time.monotonic() - started:7.1f} s] {message}", flush=True)
+
+    try:
+        report = restore_archive(
+            Path(args.archive), args.target, force=args.force, tables=args.table or None,
+            config_to=Path(args.config_to) if args.config_to else None, progress=progress,
+        )
+    except RestoreError as error:
+        print(f"RESTORE FAILED: {error}", file=sys.stderr)
+        return 2
+    print(report.table_text())
+    for name in report.config_written:
+        print(f"config: {args.config_to}/{name}")
+    verdict = "RESTORE OK" if report.ok else "RESTORE INCOMPLETE: see MISMATCH above"
+    print(f"{verdict} into {report.target} in {report.seconds:.1f} s")
+    return 0 if report.ok else 1
+
+
+def _settings():
+    from backup_pipeline.settings import SettingsError, load_settings
+
+    try:
+        return load_settings()
+    except SettingsError as error:
+        print(f"invalid setting: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _status(args: argparse.Namespace) -> int:
+    from backup_pipeline.health import collect_status
+    from backup_pipeline.verify import verify_archive
+
+    status = collect_status(_settings())
+    if args.verify and status.newest_archive:
+        status.newest_archive.verified = verify_archive(Path(status.newest_archive.path)).ok
+    if args.json:
+        print(json.dumps(status.as_dict(), indent=2))
+        return 0
+    newest = status.newest_archive
+    print(f"BACKUP_DIR        {status.backup_dir} ({status.archive_count} archives, "
+          f"{status.free_disk_mb} MB free)")
+    if newest:
+        verified = {True: "verified", False: "NOT verified", None: "not recorded as verified"}
+        print(f"newest archive    {newest.name}  {newest.size_bytes / 1024 / 1024:.2f} MB  "
+              f"{newest.age_hours:.1f} h old  {verified[newest.verified]}")
+    else:
+        print("newest archive    none")
+    print(f"last success      {status.last_success_at or 'never'}"
+          + (f" ({status.last_success_age_hours:.1f} h ago)" if status.last_success_at else ""))
+    if status.last_run:
+        run = status.last_run
+        print(f"last run          {run.status}  started {run.started_at}  "
+              f"{run.duration_seconds} s  (run {run.run_id})")
+    if status.success_rate:
+        rate = status.success_rate
+        print(f"success rate      {rate['succeeded']}/{rate['finished']} of the last runs"
+              + (f" ({rate['percent']} %)" if rate["percent"] is not None else ""))
+    drill = status.last_restore_drill
+    print("last restore drill " + (
+        f"{drill['archive']}: {'ok' if drill['ok'] else 'FAILED'} in {drill['restore_seconds']} s "
+        f"at {drill['finished_at']} (measured recovery time)" if drill else "never"))
+    print(f"history from      {status.history_source}")
+    for note in status.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _health_check(args: argparse.Namespace) -> int:
+    from backup_pipeline.health import collect_status, health_problems
+
+    settings = _settings()
+    problems = health_problems(settings, collect_status(settings, with_history=False))
+    for problem in problems:
+        print(f"UNHEALTHY: {problem}")
+    if not problems:
+        print("healthy")
+    return 1 if problems else 0
+
+
 def _quickstart(args: argparse.Namespace) -> int:
     from backup_pipeline.sample_data.quickstart import run_quickstart
 
@@ -33,6 +120,31 @@ def main(argv: list[str] | None = None) -> int:
     verify = commands.add_parser("verify", help="check an archive completely; exit 0 only if good")
     verify.add_argument("archive")
     verify.set_defaults(func=_verify)
+
+    restore = commands.add_parser(
+        "restore", help="verify, then restore an archive into a database")
+    restore.add_argument("archive")
+    restore.add_argument("--target", required=True,
+                         help="libpq connection string or URI of the database to restore into "
+                              "(created when missing); a password in it never reaches argv of "
+                              "psql")
+    restore.add_argument("--force", action="store_true",
+                         help="replace the tables a non-empty target already has")
+    restore.add_argument("--table", action="append", metavar="NAME",
+                         help="merge only this table's rows into an existing database "
+                              "(repeatable)")
+    restore.add_argument("--config-to", metavar="DIR", help="also write config/ out to DIR")
+    restore.set_defaults(func=_restore)
+
+    status = commands.add_parser("status", help="newest archive, last runs, disk, last drill")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--verify", action="store_true",
+                        help="verify the newest archive now (reads it completely)")
+    status.set_defaults(func=_status)
+
+    health = commands.add_parser(
+        "health-check", help="exit 0 when healthy, 1 with one line per problem (Docker)")
+    health.set_defaults(func=_health_check)
 
     quick = commands.add_parser(
         "quickstart", help="run a real backup on a throwaway sample PostgreSQL (README step 1)")

@@ -9,9 +9,12 @@ from __future__ import annotations
 import dagster as dg
 
 from backup_pipeline.assets import build_asset_checks, build_assets
-from backup_pipeline.jobs import backup_job
+from backup_pipeline.jobs import backup_job, restore_drill_job
 from backup_pipeline.resources import build_resources
-from backup_pipeline.schedules import build_nightly_backup_schedule
+from backup_pipeline.schedules import (
+    build_nightly_backup_schedule,
+    build_restore_drill_schedule,
+)
 from backup_pipeline.settings import Settings, load_settings
 
 
@@ -20,8 +23,11 @@ def build_defs(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=build_assets(settings),
         asset_checks=build_asset_checks(),
-        jobs=[backup_job],
-        schedules=[build_nightly_backup_schedule(settings, backup_job)],
+        jobs=[backup_job, restore_drill_job],
+        schedules=[
+            build_nightly_backup_schedule(settings, backup_job),
+            build_restore_drill_schedule(settings, restore_drill_job),
+        ],
         resources=build_resources(settings),
         executor=dg.in_process_executor,
     )

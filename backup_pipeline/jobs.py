@@ -16,3 +16,12 @@ backup_job = dg.define_asset_job(
                 "the configuration, pack and verify the archive, update the status files and "
                 "apply retention.",
 )
+
+# The drill has its own job so that it never delays or fails the nightly backup.
+restore_drill_job = dg.define_asset_job(
+    name="restore_drill_job",
+    selection=dg.AssetSelection.assets("restore_drill"),
+    executor_def=dg.in_process_executor,
+    description="Restore the newest archive into the scratch database BACKUP_DRILL_DSN, "
+                "compare with its manifest and record the recovery time.",
+)

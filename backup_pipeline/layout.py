@@ -37,6 +37,7 @@ RESERVED_TABLE_FILES = frozenset(
 LAST_SUCCESS_FILE = ".last_backup_success"
 LAST_SIZE_FILE = ".last_backup_size_mb"
 LAST_BACKUP_FILE = ".last_backup.json"
+LAST_DRILL_FILE = ".last_restore_drill.json"
 LOCK_FILE = ".backup.lock"
 STAGING_DIR = ".staging"
 

@@ -19,3 +19,19 @@ def build_nightly_backup_schedule(settings: Settings, job: dg.UnresolvedAssetJob
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"backup_job at '{settings.schedule}' ({settings.timezone}).",
     )
+
+
+def build_restore_drill_schedule(settings: Settings, job: dg.UnresolvedAssetJobDefinition
+                                 ) -> dg.ScheduleDefinition:
+    # Running only once a scratch database is configured: without one the drill cannot run,
+    # and a schedule that fails every week would teach people to ignore alerts.
+    status = (dg.DefaultScheduleStatus.RUNNING if settings.drill_dsn
+              else dg.DefaultScheduleStatus.STOPPED)
+    return dg.ScheduleDefinition(
+        name="restore_drill_schedule",
+        job=job,
+        cron_schedule=settings.drill_schedule,
+        execution_timezone=settings.timezone,
+        default_status=status,
+        description=f"restore_drill_job at '{settings.drill_schedule}' ({settings.timezone}).",
+    )

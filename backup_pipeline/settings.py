@@ -77,6 +77,10 @@ class Settings:
     disk_reserve_mb: int = 100
     lock_timeout_seconds: int = 60
     pg_bindir: Path | None = None
+    max_age_hours: float = 25.0
+    min_free_disk_mb: int = 500
+    drill_dsn: str | None = None
+    drill_schedule: str = "0 4 * * 0"
 
     @property
     def backed_up_tables(self) -> tuple[str, ...]:
@@ -205,6 +209,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     for var, path in (("BACKUP_DIR", backup_dir), ("BACKUP_CONFIG_DIR", config_dir)):
         if not path.is_absolute():
             raise SettingsError(f"{var}={str(path)!r} must be an absolute path, e.g. /backups.")
+    drill_schedule = _text(env, "BACKUP_DRILL_SCHEDULE", "0 4 * * 0")
+    if not is_valid_cron_string(drill_schedule):
+        raise SettingsError(
+            f"BACKUP_DRILL_SCHEDULE={drill_schedule!r} is not a valid cron expression: use five "
+            f"fields, e.g. '0 4 * * 0' for Sundays at 04:00."
+        )
     pg_bindir_text = env.get("BACKUP_PG_BINDIR", "").strip()
     pg_bindir = Path(pg_bindir_text) if pg_bindir_text else None
     if pg_bindir is not None and not (pg_bindir / "pg_dump").is_file():
@@ -249,4 +259,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         lock_timeout_seconds=int(_number(env, "BACKUP_LOCK_TIMEOUT_SECONDS", 60, kind=int, low=1,
                                          high=3600, meaning="wait for a table lock at most")),
         pg_bindir=pg_bindir,
+        max_age_hours=_number(env, "BACKUP_MAX_AGE_HOURS", 25.0, kind=float, low=1, high=24 * 365,
+                              meaning="age after which the newest backup is overdue"),
+        min_free_disk_mb=int(_number(env, "BACKUP_MIN_FREE_DISK_MB", 500, kind=int, low=0,
+                                     high=None, meaning="free space in BACKUP_DIR for health")),
+        drill_dsn=env.get("BACKUP_DRILL_DSN", "").strip() or None,
+        drill_schedule=drill_schedule,
     )

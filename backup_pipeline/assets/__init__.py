@@ -7,6 +7,7 @@ from backup_pipeline.assets.archive import build_backup_archive
 from backup_pipeline.assets.checks import archive_checks
 from backup_pipeline.assets.config_snapshot import build_config_snapshot
 from backup_pipeline.assets.database import build_database_export
+from backup_pipeline.assets.restore_drill import restore_drill
 from backup_pipeline.assets.status import backup_status
 from backup_pipeline.settings import Settings
 
@@ -17,6 +18,7 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         build_config_snapshot(settings),
         build_backup_archive(settings),
         backup_status,
+        restore_drill,
     ]
 
 

@@ -6,6 +6,7 @@ import os
 
 import dagster as dg
 
+from backup_pipeline.resources.drill import RestoreDrillTarget
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.settings import Settings
@@ -13,7 +14,9 @@ from backup_pipeline.settings import Settings
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     password = dg.EnvVar("POSTGRES_PASSWORD") if os.environ.get("POSTGRES_PASSWORD") else None
+    drill_dsn = dg.EnvVar("BACKUP_DRILL_DSN") if os.environ.get("BACKUP_DRILL_DSN") else None
     return {
+        "drill": RestoreDrillTarget(dsn=drill_dsn),
         "postgres": PostgresResource(
             host=settings.postgres_host,
             port=settings.postgres_port,

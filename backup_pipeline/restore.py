@@ -1,0 +1,360 @@
+"""Restore an archive into a database: the command an administrator runs when the database is gone.
+
+Everything here assumes the worst night. The archive is verified before anything is touched and a
+bad one is refused. A database that already holds tables is refused unless `force` says to replace
+them, and then the old schema is dropped inside the same transaction as the restore, so a failed
+restore leaves the old database exactly as it was. The full restore runs the archive's own
+`database/_restore.psql` with psql in one transaction, stopping at the first error, the same
+script the plain-shell procedure in BACKUP_INFO.txt uses. Afterwards the row counts are compared
+with the manifest and every foreign key is checked.
+
+A partial restore (`tables`) merges the archive's rows of the named tables into an existing
+database by primary key: rows changed or deleted since the backup come back, rows added since are
+kept, and no other table is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from backup_pipeline import layout
+from backup_pipeline.resources.postgres import find_pg_binary
+from backup_pipeline.verify import VerificationReport, verify_archive
+
+Progress = Callable[[str], None]
+
+_SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"
+
+
+class RestoreError(RuntimeError):
+    """The restore was refused or failed; the target database is as it was before."""
+
+
+@dataclass
+class TableComparison:
+    table: str
+    expected: int
+    restored: int
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.restored
+
+
+@dataclass
+class RestoreReport:
+    archive: Path
+    target: str
+    seconds: float = 0.0
+    tables: list[TableComparison] = field(default_factory=list)
+    invalid_foreign_keys: list[str] = field(default_factory=list)
+    config_written: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.tables) and not self.invalid_foreign_keys
+
+    def table_text(self) -> str:
+        width = max([len(t.table) for t in self.tables] + [5])
+        lines = [f"{'table':<{width}}  {'archive':>9}  {'restored':>9}  result"]
+        for t in self.tables:
+            state = "ok" if t.ok else "MISMATCH"
+            lines.append(f"{t.table:<{width}}  {t.expected:>9}  {t.restored:>9}  {state} {t.note}"
+                         .rstrip())
+        if self.invalid_foreign_keys:
+            lines.append("foreign keys NOT valid: " + ", ".join(self.invalid_foreign_keys))
+        else:
+            lines.append("every foreign key is valid")
+        return "\n".join(lines)
+
+
+def describe_target(dsn: str) -> str:
+    """The target without its password, for messages."""
+    parts = conninfo_to_dict(dsn)
+    return (f"database {parts.get('dbname', '?')} on {parts.get('host', 'localhost')}:"
+            f"{parts.get('port', 5432)} as {parts.get('user', os.environ.get('USER', '?'))}")
+
+
+def _libpq_env(dsn: str) -> dict[str, str]:
+    """psql's environment for `dsn`: the password travels in PGPASSWORD, never in argv."""
+    parts = conninfo_to_dict(dsn)
+    env = dict(os.environ)
+    mapping = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD",
+               "dbname": "PGDATABASE", "sslmode": "PGSSLMODE", "passfile": "PGPASSFILE"}
+    for key, variable in mapping.items():
+        if parts.get(key):
+            env[variable] = str(parts[key])
+    env["PGAPPNAME"] = "backup_pipeline_restore"
+    return env
+
+
+def verified(archive: Path, progress: Progress) -> VerificationReport:
+    progress(f"verifying {archive.name}")
+    report = verify_archive(archive)
+    if not report.ok:
+        raise RestoreError(
+            f"refusing to restore {archive.name}: it failed verification: "
+            + "; ".join(report.problems)
+            + ". Nothing was changed. Use another archive (backup-pipeline verify ARCHIVE)."
+        )
+    return report
+
+
+def extract(archive: Path, folder: Path) -> None:
+    """Extract a verified archive; tarfile's 'data' filter refuses anything unsafe again."""
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(folder, filter="data")
+
+
+def ensure_database(dsn: str, progress: Progress) -> None:
+    """Create the target database when it does not exist yet (the usual disaster case)."""
+    try:
+        psycopg.connect(dsn, connect_timeout=10).close()
+        return
+    except psycopg.OperationalError as error:
+        if "does not exist" not in str(error):
+            raise RestoreError(f"cannot connect to {describe_target(dsn)}: "
+                               f"{str(error).strip()}") from None
+    parts = conninfo_to_dict(dsn)
+    name = parts["dbname"]
+    progress(f"creating database {name}")
+    with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True,
+                         connect_timeout=10) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def existing_tables(conn: psycopg.Connection) -> list[str]:
+    return [row[0] for row in conn.execute(
+        f"SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+        f"WHERE schemaname NOT IN {_SYSTEM_SCHEMAS} ORDER BY 1")]
+
+
+def _replace_statements(conn: psycopg.Connection) -> str:
+    """SQL that empties the target: every user schema dropped, a fresh public schema."""
+    schemas = [row[0] for row in conn.execute(
+        f"SELECT quote_ident(nspname) FROM pg_namespace WHERE nspname NOT IN {_SYSTEM_SCHEMAS} "
+        "AND nspname NOT LIKE 'pg\\_temp\\_%' AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%'")]
+    drops = "".join(f"DROP SCHEMA {s} CASCADE; " for s in schemas)
+    return (drops + "CREATE SCHEMA public AUTHORIZATION pg_database_owner; "
+            "GRANT USAGE ON SCHEMA public TO PUBLIC;")
+
+
+def compare_counts(conn: psycopg.Connection, manifest: dict) -> list[TableComparison]:
+    """Each table's row count against the manifest's."""
+    tables = []
+    for entry in manifest["tables"]:
+        schema, name = entry["table"].split(".", 1)
+        count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(schema, name))).fetchone()[0]
+        tables.append(TableComparison(entry["table"], entry["rows"], count))
+    return tables
+
+
+def invalid_foreign_keys(conn: psycopg.Connection) -> list[str]:
+    """Foreign keys PostgreSQL does not consider valid (NOT VALID, never checked)."""
+    return [row[0] for row in conn.execute(
+        "SELECT conrelid::regclass || '.' || conname FROM pg_constraint "
+        "WHERE contype = 'f' AND NOT convalidated ORDER BY 1")]
+
+
+def full_restore(workdir: Path, dsn: str, force: bool, progress: Progress) -> None:
+    with psycopg.connect(dsn) as conn:
+        present = existing_tables(conn)
+        replace = _replace_statements(conn) if present else ""
+    if present and not force:
+        shown = ", ".join(present[:8]) + (", ..." if len(present) > 8 else "")
+        raise RestoreError(
+            f"{describe_target(dsn)} already has {len(present)} tables ({shown}): refusing to "
+            f"restore over them. Restore into an empty database, or pass --force to replace them "
+            f"(every schema is dropped in the same transaction as the restore, so a failed "
+            f"restore changes nothing)."
+        )
+    if present:
+        progress(f"replacing {len(present)} existing tables (--force)")
+    command = [str(find_pg_binary("psql")), "-X", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+               "--no-psqlrc"]
+    if replace:
+        command += ["-c", replace]
+    command += ["-f", layout.RESTORE_SCRIPT]
+    progress("restoring in one transaction: schema, tables, transactions, sequences, "
+             "indexes and constraints")
+    started = time.monotonic()
+    with subprocess.Popen(command, cwd=workdir, env=_libpq_env(dsn), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as psql:
+        assert psql.stdout is not None
+        for line in psql.stdout:
+            line = line.strip()
+            if line:
+                progress(f"  {line}  ({time.monotonic() - started:.1f} s)")
+        errors = psql.stderr.read() if psql.stderr else ""
+    if psql.returncode != 0:
+        raise RestoreError(
+            f"psql stopped at the first error (exit {psql.returncode}); the transaction was "
+            f"rolled back and {describe_target(dsn)} is as it was: {errors.strip()}"
+        )
+
+
+def _primary_key(conn: psycopg.Connection, schema: str, name: str) -> list[str]:
+    return [row[0] for row in conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
+        "ORDER BY array_position(i.indkey, a.attnum)",
+        (f'"{schema}"."{name}"',))]
+
+
+def _copy_block(path: Path):
+    """The COPY data lines of a per-table SQL data file, streamed."""
+    with path.open("rb") as handle:
+        inside = False
+        for line in handle:
+            if inside:
+                if line == b"\\.\n":
+                    return
+                yield line
+            elif line.startswith(b"COPY ") and line.rstrip().endswith(b"FROM stdin;"):
+                inside = True
+
+
+def merge_table(conn: psycopg.Connection, workdir: Path, entry: dict) -> TableComparison:
+    """Upsert the archive's rows of one table by primary key; nothing else is touched."""
+    schema, name = entry["table"].split(".", 1)
+    key = _primary_key(conn, schema, name)
+    if not key:
+        raise RestoreError(
+            f"{entry['table']} has no primary key, so its rows cannot be merged: restore the "
+            f"whole archive into a scratch database and copy the rows from there."
+        )
+    columns = entry["columns"]
+    target = sql.Identifier(schema, name)
+    staging = sql.Identifier(f"_restore_{name}")
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(staging, target))
+    # The archive's values as they were: no user trigger (e.g. one touching updated_at) rewrites
+    # them. Foreign key checks are system triggers and stay on.
+    conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(target))
+    source = workdir / entry["path"]
+    with conn.cursor() as cur:
+        if entry["kind"] == "transactions":
+            statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER)")
+            with cur.copy(statement.format(staging, cols)) as copy, source.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    copy.write(block)
+        else:
+            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(staging, cols)) as copy:
+                for line in _copy_block(source):
+                    copy.write(line)
+    updates = [c for c in columns if c not in key]
+    conflict = (sql.SQL("DO UPDATE SET ") + sql.SQL(", ").join(
+        sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates)
+        if updates else sql.SQL("DO NOTHING"))
+    merged = conn.execute(sql.SQL(
+        "INSERT INTO {target} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {staging} "
+        "ON CONFLICT ({key}) {conflict} RETURNING (xmax = 0)").format(
+            target=target, cols=cols, staging=staging, conflict=conflict,
+            key=sql.SQL(", ").join(sql.Identifier(c) for c in key))).fetchall()
+    inserted = sum(1 for row in merged if row[0])
+    conn.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER USER").format(target))
+    _advance_sequences(conn, schema, name)
+    present = conn.execute(sql.SQL(
+        "SELECT count(*) FROM {staging} s WHERE EXISTS (SELECT 1 FROM {target} t WHERE {match})"
+    ).format(staging=staging, target=target, match=sql.SQL(" AND ").join(
+        sql.SQL("t.{0} = s.{0}").format(sql.Identifier(c)) for c in key))).fetchone()[0]
+    total = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()[0]
+    note = (f"({inserted} inserted, {len(merged) - inserted} updated, "
+            f"{total - present} newer rows kept)")
+    return TableComparison(entry["table"], entry["rows"], present, note)
+
+
+def _advance_sequences(conn: psycopg.Connection, schema: str, name: str) -> None:
+    """Owned sequences move past the restored ids, never backwards."""
+    for column, sequence in conn.execute(
+        "SELECT a.attname, pg_get_serial_sequence(%s, a.attname) FROM pg_attribute a "
+        "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+        "AND pg_get_serial_sequence(%s, a.attname) IS NOT NULL",
+        (f'"{schema}"."{name}"',) * 3,
+    ).fetchall():
+        conn.execute(sql.SQL(
+            "SELECT setval({seq}, greatest((SELECT max({col}) FROM {tbl}), "
+            "(SELECT last_value FROM {seq_ident})))").format(
+                seq=sql.Literal(sequence), col=sql.Identifier(column),
+                tbl=sql.Identifier(schema, name),
+                seq_ident=sql.SQL(sequence)))
+
+
+def partial_restore(workdir: Path, dsn: str, manifest: dict, tables: list[str],
+                    progress: Progress) -> list[TableComparison]:
+    by_name: dict[str, dict] = {}
+    for entry in manifest["tables"]:
+        by_name[entry["table"]] = entry
+        by_name.setdefault(entry["table"].removeprefix("public."), entry)
+    unknown = [t for t in tables if t not in by_name]
+    if unknown:
+        raise RestoreError(
+            f"{', '.join(unknown)} is not in this archive; it holds "
+            f"{', '.join(e['table'] for e in manifest['tables'])}."
+        )
+    results = []
+    with psycopg.connect(dsn) as conn, conn.transaction():
+        for table in tables:
+            progress(f"merging {by_name[table]['table']} by primary key")
+            results.append(merge_table(conn, workdir, by_name[table]))
+    return results
+
+
+def write_config(workdir: Path, manifest: dict, target: Path, progress: Progress) -> list[str]:
+    """Copy config/ out as it was, private (0600 files, 0700 folders)."""
+    written = []
+    source_root = workdir / layout.CONFIG_DIR
+    for relative in manifest["config"]["included"]:
+        source = workdir / relative
+        destination = target / Path(relative).relative_to(layout.CONFIG_DIR)
+        destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        shutil.copyfile(source, destination)
+        destination.chmod(0o600)
+        written.append(str(destination.relative_to(target)))
+    if written:
+        progress(f"wrote {len(written)} config files from {source_root.name}/ to {target}")
+    return written
+
+
+def restore_archive(archive: Path, target_dsn: str, *, force: bool = False,
+                    tables: list[str] | None = None, config_to: Path | None = None,
+                    progress: Progress = print) -> RestoreReport:
+    """Verify, then restore `archive` into `target_dsn` (everything, or only `tables`)."""
+    started = time.monotonic()
+    archive = Path(archive)
+    report = RestoreReport(archive=archive, target=describe_target(target_dsn))
+    manifest = verified(archive, progress).manifest
+    assert manifest is not None
+    with tempfile.TemporaryDirectory(prefix="backup_pipeline_restore_") as folder:
+        workdir = Path(folder)
+        progress("extracting")
+        extract(archive, workdir)
+        if tables:
+            report.tables = partial_restore(workdir, target_dsn, manifest, tables, progress)
+            with psycopg.connect(target_dsn) as conn:
+                report.invalid_foreign_keys = invalid_foreign_keys(conn)
+        else:
+            ensure_database(target_dsn, progress)
+            full_restore(workdir, target_dsn, force, progress)
+            progress("comparing with the manifest and checking foreign keys")
+            with psycopg.connect(target_dsn) as conn:
+                report.tables = compare_counts(conn, manifest)
+                report.invalid_foreign_keys = invalid_foreign_keys(conn)
+        if config_to is not None:
+            report.config_written = write_config(workdir, manifest, Path(config_to), progress)
+    report.seconds = time.monotonic() - started
+    return report

@@ -1,0 +1,225 @@
+"""`backup-pipeline restore`: real archives into real databases, compared table by table."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+
+from backup_pipeline import layout
+from backup_pipeline.definitions import build_defs
+from backup_pipeline.settings import load_settings
+from backup_pipeline_tests.helpers import (
+    CRITICAL,
+    EXCLUDED,
+    WINDOWED,
+    archives,
+    manifest,
+    rows,
+    run_backup,
+    scalar,
+)
+
+BACKUP_PIPELINE = str(Path(sys.executable).with_name("backup-pipeline"))
+
+
+@pytest.fixture
+def archive(backup_env, instance) -> Path:
+    assert run_backup(backup_env, instance).success
+    [made] = archives(backup_env["BACKUP_DIR"])
+    return made
+
+
+def restore(archive: Path, dsn: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([BACKUP_PIPELINE, "restore", str(archive), "--target", dsn, *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def fingerprint(dsn: str, tables: list[str]) -> dict[str, str]:
+    return {t: hashlib.sha256("\n".join(rows(dsn, t)).encode()).hexdigest() for t in tables}
+
+
+def repack(source: Path, target: Path, change) -> Path:
+    """A consistent archive (manifest updated) whose content `change` altered: it verifies."""
+    with tarfile.open(source, "r:gz") as old:
+        members = [(m, old.extractfile(m).read() if m.isfile() else None) for m in old]
+    data = {m.name: content for m, content in members}
+    for name in list(data):
+        if data[name] is not None and name != layout.MANIFEST:
+            data[name] = change(name, data[name])
+    meta = json.loads(data[layout.MANIFEST])
+    for entry in meta["files"]:
+        entry["size"] = len(data[entry["path"]])
+        entry["sha256"] = hashlib.sha256(data[entry["path"]]).hexdigest()
+    data[layout.MANIFEST] = json.dumps(meta).encode()
+    with tarfile.open(target, "w:gz") as new:
+        for member, _ in members:
+            content = data[member.name]
+            if content is not None:
+                member.size = len(content)
+            new.addfile(member, None if content is None else io.BytesIO(content))
+    return target
+
+
+def test_restore_into_a_new_database(archive, server, source_db, scratch_db, tmp_path):
+    done = restore(archive, server.dsn(scratch_db), "--config-to", str(tmp_path / "cfg"))
+    assert done.returncode == 0, done.stderr + done.stdout
+    out = done.stdout
+    assert f"creating database {scratch_db}" in out
+    assert "verifying" in out and "2/4 critical tables" in out  # progress of the long steps
+    assert "every foreign key is valid" in out
+    assert "RESTORE OK" in out and " s\n" in out  # total time printed
+    assert server.password not in out + done.stderr
+    source, restored = server.dsn(source_db), server.dsn(scratch_db)
+    for table in CRITICAL:
+        assert rows(restored, table) == rows(source, table), table
+    cutoff = manifest(archive)["window"]["cutoff"]
+    for table in WINDOWED:
+        assert set(rows(source, table, f"created_at >= '{cutoff}'")) \
+            <= set(rows(restored, table)) <= set(rows(source, table)), table
+    for table in EXCLUDED:
+        assert scalar(restored, f"SELECT count(*) FROM {table}") == 0
+    config = tmp_path / "cfg"
+    assert (config / ".env.production").read_text().startswith("POSTGRES_PASSWORD=")
+    assert (config / "ssl" / "key.pem").stat().st_mode & 0o777 == 0o600
+
+
+def test_refuses_a_database_that_has_tables(archive, server, source_db):
+    before = fingerprint(server.dsn(source_db), CRITICAL)
+    done = restore(archive, server.dsn(source_db))
+    assert done.returncode == 2
+    assert "already has 16 tables" in done.stderr and "--force" in done.stderr
+    assert fingerprint(server.dsn(source_db), CRITICAL) == before
+
+
+def test_force_replaces_a_damaged_database(archive, server, source_db):
+    dsn = server.dsn(source_db)
+    expected = fingerprint(dsn, CRITICAL)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("DELETE FROM user_roles")
+        conn.execute("UPDATE users SET email = 'broken-' || id")
+        conn.execute("CREATE TABLE leftover (id int)")
+    done = restore(archive, dsn, "--force")
+    assert done.returncode == 0, done.stderr
+    assert "replacing 17 existing tables (--force)" in done.stdout
+    assert fingerprint(dsn, CRITICAL) == expected
+    assert scalar(dsn, "SELECT to_regclass('public.leftover')") is None
+
+
+def test_a_failing_restore_changes_nothing(archive, server, source_db, tmp_path):
+    """psql stops at the first error and the one transaction leaves the old database intact,
+    even with --force."""
+    def change(name, data):
+        if name == layout.SCHEMA_POST_DATA:
+            return data.replace(b"-- PostgreSQL database dump complete",
+                                b"SELECT 1/0;\n-- PostgreSQL database dump complete")
+        return data
+
+    bad = repack(archive, tmp_path / archive.name, change)
+    dsn = server.dsn(source_db)
+    before = fingerprint(dsn, CRITICAL + WINDOWED + EXCLUDED)
+    done = restore(bad, dsn, "--force")
+    assert done.returncode == 2
+    assert "division by zero" in done.stderr
+    assert "rolled back" in done.stderr
+    assert fingerprint(dsn, CRITICAL + WINDOWED + EXCLUDED) == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "tampered", "malicious"])
+def test_refuses_a_bad_archive_and_touches_nothing(archive, server, scratch_db, tmp_path,
+                                                    damage):
+    bad = tmp_path / archive.name
+    data = archive.read_bytes()
+    if damage == "truncated":
+        bad.write_bytes(data[: len(data) * 2 // 3])
+    elif damage == "tampered":
+        with tarfile.open(archive, "r:gz") as old, tarfile.open(bad, "w:gz") as new:
+            for member in old:
+                content = old.extractfile(member).read() if member.isfile() else None
+                if member.name == "database/users.sql":
+                    content = content.replace(b"user1@", b"evil1@")
+                new.addfile(member, None if content is None else io.BytesIO(content))
+    else:
+        with tarfile.open(archive, "r:gz") as old, tarfile.open(bad, "w:gz") as new:
+            for member in old:
+                new.addfile(member, old.extractfile(member) if member.isfile() else None)
+            link = tarfile.TarInfo("database/users.sql.link")
+            link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
+            new.addfile(link)
+    done = restore(bad, server.dsn(scratch_db))
+    assert done.returncode == 2
+    assert "failed verification" in done.stderr and "Nothing was changed" in done.stderr
+    with server.admin() as conn:
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                            (scratch_db,)).fetchone() is None
+
+
+def test_partial_restore_of_named_tables_touches_nothing_else(archive, server, source_db):
+    dsn = server.dsn(source_db)
+    expected = {t: rows(dsn, t) for t in ("system_settings", "users")}
+    others = [t for t in CRITICAL + WINDOWED + EXCLUDED if t not in ("system_settings", "users")]
+    with psycopg.connect(dsn) as conn:
+        conn.execute("UPDATE system_settings SET value = '{\"broken\": true}'")
+        conn.execute("DELETE FROM system_settings WHERE key LIKE 'setting.1%'")
+        conn.execute("INSERT INTO system_settings (key, value) VALUES ('added.later', '1')")
+        conn.execute("UPDATE users SET display_name = 'oops' WHERE id <= 50")
+    untouched = fingerprint(dsn, others)
+    done = restore(archive, dsn, "--table", "system_settings", "--table", "public.users")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "RESTORE OK" in done.stdout
+    assert "1 newer rows kept" in done.stdout
+    assert rows(dsn, "system_settings", "key <> 'added.later'") == expected["system_settings"]
+    assert rows(dsn, "users") == expected["users"]  # updated_at too: triggers were held off
+    assert scalar(dsn, "SELECT count(*) FROM system_settings WHERE key = 'added.later'") == 1
+    assert fingerprint(dsn, others) == untouched
+    with psycopg.connect(dsn) as conn:  # sequences still hand out fresh ids
+        conn.execute("INSERT INTO users (email) VALUES ('after-partial@example.com')")
+
+
+def test_partial_restore_of_an_unknown_table_is_refused(archive, server, source_db):
+    done = restore(archive, server.dsn(source_db), "--table", "sessions")
+    assert done.returncode == 2
+    assert "sessions is not in this archive" in done.stderr
+
+
+def test_restore_drill_asset(backup_env, server, scratch_db, instance, monkeypatch):
+    assert run_backup(backup_env, instance).success
+    monkeypatch.setenv("BACKUP_DRILL_DSN", server.dsn(scratch_db))
+    env = {**backup_env, "BACKUP_DRILL_DSN": server.dsn(scratch_db)}
+    defs = build_defs(load_settings(env))
+    assert defs.resolve_schedule_def("restore_drill_schedule").default_status \
+        == dg.DefaultScheduleStatus.RUNNING
+    result = defs.resolve_job_def("restore_drill_job").execute_in_process(instance=instance)
+    assert result.success
+    [event] = result.get_asset_materialization_events()
+    metadata = event.step_materialization_data.materialization.metadata
+    assert metadata["restore_seconds"].value > 0
+    assert metadata["rows"].value == sum(t["rows"] for t in manifest(
+        archives(backup_env["BACKUP_DIR"])[0])["tables"])
+    record = json.loads((Path(backup_env["BACKUP_DIR"]) / layout.LAST_DRILL_FILE).read_text())
+    assert record["ok"] is True
+    # A second drill drops and recreates the scratch database.
+    assert defs.resolve_job_def("restore_drill_job").execute_in_process(instance=instance).success
+    status = subprocess.run([BACKUP_PIPELINE, "status"], capture_output=True, text=True,
+                            env={**os.environ, **env})
+    assert "(measured recovery time)" in status.stdout
+
+
+def test_restore_drill_refuses_the_production_database(backup_env, server, source_db, instance,
+                                                       monkeypatch):
+    assert run_backup(backup_env, instance).success
+    monkeypatch.setenv("BACKUP_DRILL_DSN", server.dsn(source_db))
+    defs = build_defs(load_settings(backup_env))
+    result = defs.resolve_job_def("restore_drill_job").execute_in_process(
+        instance=instance, raise_on_error=False)
+    assert not result.success
+    assert scalar(server.dsn(source_db), "SELECT count(*) FROM sessions") > 0
