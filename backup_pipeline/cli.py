@@ -89,6 +89,11 @@ def _status(args: argparse.Namespace) -> int:
     print("last restore drill " + (
         f"{drill['archive']}: {'ok' if drill['ok'] else 'FAILED'} in {drill['restore_seconds']} s "
         f"at {drill['finished_at']} (measured recovery time)" if drill else "never"))
+    email = status.last_email
+    print("last email        " + (
+        f"{email['kind']} {'delivered' if email['ok'] else 'NOT DELIVERED'} at {email['at']} "
+        f"via {email['transport']}" + ("" if email["ok"] else f": {email['error']}")
+        if email else "none sent yet"))
     print(f"history from      {status.history_source}")
     for note in status.notes:
         print(f"note: {note}")
@@ -105,6 +110,29 @@ def _health_check(args: argparse.Namespace) -> int:
     if not problems:
         print("healthy")
     return 1 if problems else 0
+
+
+def _serve_downloads(args: argparse.Namespace) -> int:
+    import os
+
+    from backup_pipeline.downloads import make_server
+
+    settings = _settings()
+    try:
+        server = make_server(settings.backup_dir, os.environ.get("BACKUP_DOWNLOAD_SECRET", ""),
+                             args.host, args.port)
+    except ValueError as error:
+        print(f"cannot serve downloads: {error}", file=sys.stderr)
+        return 2
+    print(f"serving signed downloads of {settings.backup_dir} on http://{args.host}:{args.port}",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -145,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     health = commands.add_parser(
         "health-check", help="exit 0 when healthy, 1 with one line per problem (Docker)")
     health.set_defaults(func=_health_check)
+
+    serve = commands.add_parser(
+        "serve-downloads", help="serve archives through signed, expiring download links")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(func=_serve_downloads)
 
     quick = commands.add_parser(
         "quickstart", help="run a real backup on a throwaway sample PostgreSQL (README step 1)")

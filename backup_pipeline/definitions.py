@@ -15,6 +15,7 @@ from backup_pipeline.schedules import (
     build_nightly_backup_schedule,
     build_restore_drill_schedule,
 )
+from backup_pipeline.sensors import build_sensors
 from backup_pipeline.settings import Settings, load_settings
 
 
@@ -28,6 +29,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
             build_nightly_backup_schedule(settings, backup_job),
             build_restore_drill_schedule(settings, restore_drill_job),
         ],
+        sensors=build_sensors(settings),
         resources=build_resources(settings),
         executor=dg.in_process_executor,
     )

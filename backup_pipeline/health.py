@@ -143,6 +143,7 @@ def collect_status(settings: Settings, with_history: bool = True) -> BackupStatu
         last_size_mb=_read_int(root / layout.LAST_SIZE_FILE),
         free_disk_mb=free,
         last_restore_drill=_read_json(root / layout.LAST_DRILL_FILE),
+        last_email=_read_json(root / layout.LAST_EMAIL_FILE),
     )
     if with_history:
         _run_history(status)
@@ -189,6 +190,10 @@ def health_problems(settings: Settings, status: BackupStatus, check_database: bo
                         f"BACKUP_MIN_FREE_DISK_MB={settings.min_free_disk_mb}")
     if status.free_disk_mb is None:
         problems.append(f"BACKUP_DIR {settings.backup_dir} does not exist")
+    email = status.last_email
+    if email and not email.get("ok"):
+        problems.append(f"last email ({email.get('kind')}, {email.get('at')}) was NOT delivered "
+                        f"after {email.get('attempts')} tries: {email.get('error')}")
     if check_database:
         problem = database_problem(settings)
         if problem:

@@ -38,6 +38,7 @@ LAST_SUCCESS_FILE = ".last_backup_success"
 LAST_SIZE_FILE = ".last_backup_size_mb"
 LAST_BACKUP_FILE = ".last_backup.json"
 LAST_DRILL_FILE = ".last_restore_drill.json"
+LAST_EMAIL_FILE = ".last_email.json"
 LOCK_FILE = ".backup.lock"
 STAGING_DIR = ".staging"
 

@@ -81,6 +81,20 @@ class Settings:
     min_free_disk_mb: int = 500
     drill_dsn: str | None = None
     drill_schedule: str = "0 4 * * 0"
+    admin_emails: tuple[str, ...] = ()
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_user: str | None = None
+    smtp_from: str = "backup@localhost"
+    smtp_security: str = "starttls"
+    smtp_ca_file: Path | None = None
+    email_max_mb: float = 25.0
+    email_retry_base_seconds: float = 5.0
+    outbox_dir: Path = Path("/backups/outbox")
+    mail_log: Path = Path("/backups/mail.log")
+    download_base_url: str | None = None
+    link_ttl_hours: float = 72.0
+    dagster_ui_url: str = "http://localhost:3000"
 
     @property
     def backed_up_tables(self) -> tuple[str, ...]:
@@ -171,6 +185,64 @@ def _config_files(env: Mapping[str, str]) -> tuple[str, ...]:
     return items
 
 
+_EMAIL = re.compile(r"^[^@\s,<>]+@[^@\s,<>]+$")
+SMTP_SECURITY_CHOICES = ("starttls", "ssl", "none")
+
+
+def _mail_settings(env: Mapping[str, str], backup_dir: Path) -> dict:
+    """ADMIN_EMAILS, the seeds' SMTP_* variables, the outbox, the download link."""
+    admins = tuple(a.strip() for a in env.get("ADMIN_EMAILS", "").split(",") if a.strip())
+    for address in admins:
+        if not _EMAIL.match(address):
+            raise SettingsError(
+                f"ADMIN_EMAILS lists {address!r}, which is not an email address: use "
+                f"comma-separated addresses, e.g. admin1@example.com,admin2@example.com."
+            )
+    host = env.get("SMTP_HOST", "").strip() or None
+    if host and not admins:
+        raise SettingsError(
+            "SMTP_HOST is set but ADMIN_EMAILS is empty: nobody would receive backups or alerts. "
+            "Set ADMIN_EMAILS to the administrators' addresses, comma separated."
+        )
+    port = int(_number(env, "SMTP_PORT", 587, kind=int, low=1, high=65535,
+                       meaning="the SMTP server's port: 587 STARTTLS, 465 implicit TLS"))
+    security = _text(env, "SMTP_SECURITY", "ssl" if port == 465 else "starttls").lower()
+    if security not in SMTP_SECURITY_CHOICES:
+        raise SettingsError(
+            f"SMTP_SECURITY={security!r} is not valid: use starttls (port 587), ssl (implicit "
+            f"TLS, port 465) or, only on purpose for a trusted relay, none."
+        )
+    ca_text = env.get("SMTP_CA_FILE", "").strip()
+    if ca_text and not Path(ca_text).is_file():
+        raise SettingsError(f"SMTP_CA_FILE={ca_text!r} does not exist: name the PEM file of the "
+                            f"CA that signed the SMTP server's certificate, or leave it unset.")
+    user = env.get("SMTP_USER", "").strip() or None
+    base_url = env.get("BACKUP_DOWNLOAD_BASE_URL", "").strip().rstrip("/") or None
+    if base_url and not base_url.startswith(("http://", "https://")):
+        raise SettingsError(f"BACKUP_DOWNLOAD_BASE_URL={base_url!r} must start with http:// or "
+                            f"https://, e.g. https://backups.example.com.")
+    return {
+        "admin_emails": admins,
+        "smtp_host": host,
+        "smtp_port": port,
+        "smtp_user": user,
+        "smtp_from": _text(env, "SMTP_FROM", user or "backup@localhost"),
+        "smtp_security": security,
+        "smtp_ca_file": Path(ca_text) if ca_text else None,
+        "email_max_mb": _number(env, "BACKUP_EMAIL_MAX_MB", 25.0, kind=float, low=0, high=None,
+                                meaning="largest email, attachment encoded, in MB"),
+        "email_retry_base_seconds": _number(
+            env, "BACKUP_EMAIL_RETRY_BASE_SECONDS", 5.0, kind=float, low=0, high=600,
+            meaning="first email retry delay, doubled each time"),
+        "outbox_dir": Path(_text(env, "BACKUP_OUTBOX_DIR", str(backup_dir / "outbox"))),
+        "mail_log": Path(_text(env, "BACKUP_MAIL_LOG", str(backup_dir / "mail.log"))),
+        "download_base_url": base_url,
+        "link_ttl_hours": _number(env, "BACKUP_LINK_TTL_HOURS", 72.0, kind=float, low=0.01,
+                                  high=24 * 365, meaning="how long a download link works"),
+        "dagster_ui_url": _text(env, "DAGSTER_UI_URL", "http://localhost:3000").rstrip("/"),
+    }
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the settings from `env` (the process environment by default)."""
     env = os.environ if env is None else env
@@ -209,6 +281,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     for var, path in (("BACKUP_DIR", backup_dir), ("BACKUP_CONFIG_DIR", config_dir)):
         if not path.is_absolute():
             raise SettingsError(f"{var}={str(path)!r} must be an absolute path, e.g. /backups.")
+    mail = _mail_settings(env, backup_dir)
     drill_schedule = _text(env, "BACKUP_DRILL_SCHEDULE", "0 4 * * 0")
     if not is_valid_cron_string(drill_schedule):
         raise SettingsError(
@@ -265,4 +338,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                      high=None, meaning="free space in BACKUP_DIR for health")),
         drill_dsn=env.get("BACKUP_DRILL_DSN", "").strip() or None,
         drill_schedule=drill_schedule,
+        **mail,
     )

@@ -123,6 +123,8 @@ def backup_env(tmp_path: Path, server: Server, source_db: str,
         "BACKUP_MIN_SIZE_MB": "0",
         "BACKUP_DB_RETRY_BASE_SECONDS": "0.1",
         "BACKUP_LOCK_TIMEOUT_SECONDS": "5",
+        "ADMIN_EMAILS": "admin1@example.com,admin2@example.com",
+        "BACKUP_EMAIL_RETRY_BASE_SECONDS": "0.05",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -1,5 +1,10 @@
-"""The backup's assets, built from the settings (the table list decides the asset keys)."""
+"""The backup's assets, built from the settings (the table list decides the asset keys).
 
+The hooks are attached to the assets, not to a job, so the emails go out however the assets are
+materialized: by the schedule, `dagster job execute`, or the UI.
+"""
+
+from __future__ import annotations
 
 import dagster as dg
 
@@ -9,16 +14,18 @@ from backup_pipeline.assets.config_snapshot import build_config_snapshot
 from backup_pipeline.assets.database import build_database_export
 from backup_pipeline.assets.restore_drill import restore_drill
 from backup_pipeline.assets.status import backup_status
+from backup_pipeline.hooks import build_hooks
 from backup_pipeline.settings import Settings
 
 
 def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    success_email, failure_alert = build_hooks(settings)
     return [
-        build_database_export(settings),
-        build_config_snapshot(settings),
-        build_backup_archive(settings),
-        backup_status,
-        restore_drill,
+        build_database_export(settings).with_hooks({failure_alert}),
+        build_config_snapshot(settings).with_hooks({failure_alert}),
+        build_backup_archive(settings).with_hooks({failure_alert}),
+        backup_status.with_hooks({success_email, failure_alert}),
+        restore_drill.with_hooks({failure_alert}),
     ]
 
 

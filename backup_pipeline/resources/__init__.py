@@ -7,15 +7,41 @@ import os
 import dagster as dg
 
 from backup_pipeline.resources.drill import RestoreDrillTarget
+from backup_pipeline.resources.links import DownloadLinks
+from backup_pipeline.resources.mailer import Mailer
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.settings import Settings
 
 
+def _secret(name: str) -> dg.EnvVar | None:
+    """A secret is wired as dg.EnvVar (read at run time, never shown in the UI) when it is set."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
-    password = dg.EnvVar("POSTGRES_PASSWORD") if os.environ.get("POSTGRES_PASSWORD") else None
-    drill_dsn = dg.EnvVar("BACKUP_DRILL_DSN") if os.environ.get("BACKUP_DRILL_DSN") else None
+    password = _secret("POSTGRES_PASSWORD")
+    drill_dsn = _secret("BACKUP_DRILL_DSN")
     return {
+        "mailer": Mailer(
+            recipients=list(settings.admin_emails),
+            sender=settings.smtp_from,
+            smtp_host=settings.smtp_host,
+            smtp_port=settings.smtp_port,
+            smtp_user=settings.smtp_user,
+            smtp_password=_secret("SMTP_PASS"),
+            security=settings.smtp_security,
+            ca_file=str(settings.smtp_ca_file) if settings.smtp_ca_file else None,
+            outbox_dir=str(settings.outbox_dir),
+            mail_log=str(settings.mail_log),
+            status_dir=str(settings.backup_dir),
+            retry_base_seconds=settings.email_retry_base_seconds,
+        ),
+        "links": DownloadLinks(
+            base_url=settings.download_base_url,
+            secret=_secret("BACKUP_DOWNLOAD_SECRET"),
+            ttl_hours=settings.link_ttl_hours,
+        ),
         "drill": RestoreDrillTarget(dsn=drill_dsn),
         "postgres": PostgresResource(
             host=settings.postgres_host,

@@ -61,6 +61,7 @@ def run_quickstart(workdir: Path, scale: float, keep_server: bool) -> int:
             "BACKUP_DIR": str(workdir / "backups"),
             "BACKUP_CONFIG_DIR": str(workdir / "config"),
             "DAGSTER_HOME": str(home),
+            "ADMIN_EMAILS": "admin@example.com",
         }
         env_file = workdir / "demo.env"
         env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
@@ -84,6 +85,9 @@ def run_quickstart(workdir: Path, scale: float, keep_server: bool) -> int:
         print(f"4/4 verified: {report.summary()}")
         print(f"\nArchive:  {archive} ({archive.stat().st_size / 1024 / 1024:.2f} MB)")
         print(f"Run log:  {log}")
+        outbox = workdir / "backups" / "outbox"
+        for eml in sorted(outbox.glob("*.eml")):
+            print(f"Email:    {eml}  (no SMTP_HOST: written to the local outbox)")
         print(f"Inside:   tar -tzf {archive}   and   tar -xzOf {archive} BACKUP_INFO.txt")
         print("\nOpen the Dagster UI on this run (then http://127.0.0.1:3000):")
         print(f"  set -a; . {env_file}; set +a; "

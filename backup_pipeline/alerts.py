@@ -1,0 +1,65 @@
+"""What an administrator should do about a failure, by the kind of failure.
+
+Shared by the failure hook, the run-failure sensor and the monitoring sensors, so that every
+alert for the same kind of problem gives the same advice.
+"""
+
+from __future__ import annotations
+
+from backup_pipeline.settings import Settings
+
+ALERT_TAG = "backup_pipeline/alert"
+EMAIL_TAG = "backup_pipeline/email"
+
+
+def failure_kind(error_text: str) -> str:
+    text = error_text.lower()
+    if "databaseconnectionerror" in text or "could not connect to postgresql" in text:
+        return "database"
+    if "diskspaceerror" in text or "no space left" in text or "not enough free disk" in text:
+        return "disk"
+    if "verification" in text or ("check" in text and "failed" in text):
+        return "verification"
+    if "smtp" in text or "email" in text:
+        return "email"
+    return "backup"
+
+
+def troubleshooting(kind: str, settings: Settings) -> list[str]:
+    pg = (f"-h {settings.postgres_host} -p {settings.postgres_port} "
+          f"-U {settings.postgres_user}")
+    steps = {
+        "database": [
+            f"Check that PostgreSQL is up: pg_isready {pg}",
+            f"Check it accepts the backup user: psql {pg} -d {settings.postgres_db} -c 'SELECT 1'",
+            "Check POSTGRES_HOST, POSTGRES_PORT, POSTGRES_DB, POSTGRES_USER and "
+            "POSTGRES_PASSWORD of the backup service.",
+            "Run the backup again: dagster job execute -m backup_pipeline.definitions "
+            "-j backup_job",
+        ],
+        "disk": [
+            f"Check free space: df -h {settings.backup_dir}",
+            f"List the archives: ls -lh {settings.backup_dir}; lower BACKUP_RETENTION_DAYS or "
+            "move old archives elsewhere (retention never deletes the newest ones).",
+            "Run the backup again once there is room.",
+        ],
+        "verification": [
+            f"Verify the newest archive: backup-pipeline verify {settings.backup_dir}/"
+            "critical_backup_<newest>.tar.gz",
+            "Check the disk for errors (dmesg, smartctl) and the archive size against "
+            "BACKUP_MIN_SIZE_MB and BACKUP_MAX_SIZE_MB.",
+            "Run the backup again; if it fails the same way, keep the previous archive safe.",
+        ],
+        "email": [
+            "Check SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASS, SMTP_SECURITY and ADMIN_EMAILS.",
+            f"Read the mail log: tail -50 {settings.mail_log}",
+            "The backup itself may be fine: backup-pipeline status",
+        ],
+        "backup": [
+            "Open the run in the Dagster UI (link above) and read the failed step's log.",
+            "Check the service: backup-pipeline health-check",
+            "Run the backup again: dagster job execute -m backup_pipeline.definitions "
+            "-j backup_job",
+        ],
+    }
+    return steps[kind]

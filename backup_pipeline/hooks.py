@@ -1,0 +1,108 @@
+"""The success email and the failure alert, as Dagster hooks on the backup's assets.
+
+Attached to the assets themselves (not to a job), so they fire however the assets run: the
+schedule, `dagster job execute`, or the UI's Materialize button. The success email hangs on
+`backup_status`, the last step of a good backup, so it fires once per run. The failure alert hangs
+on every backup asset; a run tag makes sure a run alerts once, and the run-failure sensor covers
+failures no hook sees (a failed blocking check, a run that dies before its steps).
+
+A hook that raises does not fail the run, so an email that could not be sent after every retry is
+made visible otherwise: an error in the run's log, a run tag, .last_email.json (which
+`health-check` reports) and the mail log.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from backup_pipeline import layout
+from backup_pipeline.alerts import ALERT_TAG, EMAIL_TAG, failure_kind, troubleshooting
+from backup_pipeline.assets.archive import archive_materialization
+from backup_pipeline.emails.render import (
+    FailureInfo,
+    failure_email,
+    success_email,
+    summary_from_manifest,
+)
+from backup_pipeline.resources.mailer import Mailer
+from backup_pipeline.settings import Settings
+
+
+def read_manifest(archive: Path) -> dict:
+    """manifest.json is the archive's first member: reading it costs one small read."""
+    with tarfile.open(archive, "r:gz") as tar:
+        member = tar.extractfile(layout.MANIFEST)
+        assert member is not None
+        return json.loads(member.read())
+
+
+def run_url(settings: Settings, run_id: str) -> str:
+    return f"{settings.dagster_ui_url}/runs/{run_id}"
+
+
+def send_failure_alert(instance: dg.DagsterInstance, mailer: Mailer, settings: Settings,
+                       run_id: str, step: str, error: str) -> bool:
+    """Send the run's one alert, unless it went out already; returns whether it was sent now."""
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.tags.get(ALERT_TAG):
+        return False
+    instance.add_run_tags(run_id, {ALERT_TAG: "sending"})
+    kind = failure_kind(error)
+    job = run.job_name if not run.job_name.startswith("__") else "asset materialization"
+    failure = FailureInfo(
+        title=f"Smart AI Hub {job} FAILED at {step}",
+        step=step, error=error.strip() or "no message", run_id=run_id,
+        run_url=run_url(settings, run_id), kind=kind,
+        steps=troubleshooting(kind, settings),
+    )
+    result = mailer.send(failure_email(mailer, failure), kind="failure")
+    instance.add_run_tags(run_id, {ALERT_TAG: "sent" if result.ok else "failed"})
+    return result.ok
+
+
+def build_hooks(settings: Settings) -> tuple[dg.HookDefinition, dg.HookDefinition]:
+    @dg.success_hook(name="backup_success_email", required_resource_keys={"mailer", "links"})
+    def backup_success_email(context: dg.HookContext) -> None:
+        mailer: Mailer = context.resources.mailer
+        materialization = archive_materialization(context.instance, context.run_id)
+        if materialization is None:
+            context.log.error("no archive in this run: no success email")
+            return
+        metadata = materialization.metadata
+        archive = Path(metadata["path"].value)
+        record = context.instance.get_run_record_by_id(context.run_id)
+        started = record.start_time if record and record.start_time else None
+        summary = summary_from_manifest(
+            read_manifest(archive), archive, metadata["bytes"].value,
+            metadata["sha256"].value, time.time() - started if started else None,
+            run_url(settings, context.run_id))
+        message = success_email(mailer, summary, settings.email_max_mb,
+                                context.resources.links.link_for(archive.name))
+        result = mailer.send(message, kind="success")
+        context.instance.add_run_tags(context.run_id,
+                                      {EMAIL_TAG: "sent" if result.ok else "failed"})
+        if not result.ok:
+            context.log.error(
+                f"the success email could not be sent after {result.attempts} tries via "
+                f"{result.transport}: {result.error}. The backup itself is good; see "
+                f"{settings.mail_log}")
+            raise RuntimeError(f"success email not sent: {result.error}")
+        context.log.info(f"success email sent to {', '.join(mailer.recipients)} via "
+                         f"{result.transport}" + (" (archive attached)" if summary.attached
+                                                 else ""))
+
+    @dg.failure_hook(name="backup_failure_alert", required_resource_keys={"mailer"})
+    def backup_failure_alert(context: dg.HookContext) -> None:
+        error = context.op_exception
+        text = f"{type(error).__name__}: {error}" if error else "the step failed"
+        sent = send_failure_alert(context.instance, context.resources.mailer, settings,
+                                  context.run_id, context.step_key or context.op.name, text)
+        if sent:
+            context.log.info("failure alert sent")
+
+    return backup_success_email, backup_failure_alert

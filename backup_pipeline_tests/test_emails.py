@@ -1,0 +1,242 @@
+"""Emails against a real SMTP server (STARTTLS, test CA, AUTH) and downloads over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from backup_pipeline import layout
+from backup_pipeline.definitions import build_defs
+from backup_pipeline.downloads import make_server, signed_link
+from backup_pipeline.settings import load_settings
+from backup_pipeline_tests.helpers import archives, run_backup
+from backup_pipeline_tests.smtp_server import PASSWORD, free_port, start_smtp
+
+ADMINS = {"admin1@example.com", "admin2@example.com"}
+SECRET = "download-secret-for-tests"
+BACKUP_PIPELINE = str(Path(sys.executable).with_name("backup-pipeline"))
+
+
+@pytest.fixture
+def smtp(tmp_path):
+    server = start_smtp(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mail_env(backup_env, smtp, monkeypatch) -> dict[str, str]:
+    env = {**backup_env, **smtp.env(), "DAGSTER_UI_URL": "https://dagster.example.com"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+def _bodies(message) -> tuple[str, str]:
+    return (message.get_body(("plain",)).get_content(),
+            message.get_body(("html",)).get_content())
+
+
+def _attachments(message) -> list:
+    return list(message.iter_attachments())
+
+
+def _fail_step_text(result) -> str:
+    return next(e.step_key for e in result.all_events if e.is_step_failure)
+
+
+def test_one_success_email_with_the_archive_attached(mail_env, smtp, instance):
+    result = run_backup(mail_env, instance)
+    assert result.success
+    assert len(smtp.recorder.messages) == 1
+    recipients, message = smtp.recorder.messages[0]
+    assert set(recipients) == ADMINS
+    [archive] = archives(mail_env["BACKUP_DIR"])
+    assert archive.name in message["Subject"]
+    text, html = _bodies(message)
+    for body in (text, html):
+        assert "public.users" in body and "credit_transactions" in body
+        assert "Quick restore" in body and "backup-pipeline restore" in body
+        assert "https://dagster.example.com/runs/" + result.run_id in body
+    assert "transactions since" in text
+    [attachment] = _attachments(message)
+    assert attachment.get_filename() == archive.name
+    assert attachment.get_content() == archive.read_bytes()
+    assert PASSWORD not in message.as_string()
+    status = json.loads((Path(mail_env["BACKUP_DIR"]) / layout.LAST_EMAIL_FILE).read_text())
+    assert status["ok"] and status["kind"] == "success" and status["attempts"] == 1
+    log = Path(mail_env["BACKUP_DIR"], "mail.log").read_text()
+    assert "outcome=sent" in log and PASSWORD not in log
+    assert instance.get_run_by_id(result.run_id).tags["backup_pipeline/email"] == "sent"
+
+
+def test_a_large_archive_gets_a_link_that_downloads_it(mail_env, smtp, instance, monkeypatch):
+    port = free_port()
+    env = {**mail_env, "BACKUP_EMAIL_MAX_MB": "0.05",
+           "BACKUP_DOWNLOAD_BASE_URL": f"http://127.0.0.1:{port}"}
+    monkeypatch.setenv("BACKUP_DOWNLOAD_SECRET", SECRET)
+    assert run_backup(env, instance).success
+    [archive] = archives(env["BACKUP_DIR"])
+    [(_, message)] = smtp.recorder.messages
+    assert _attachments(message) == []
+    assert len(message.as_bytes()) < 0.05 * 1024 * 1024
+    text, html = _bodies(message)
+    link = next(w for w in text.split() if w.startswith("http://127.0.0.1"))
+    assert link.replace("&", "&amp;") in html  # autoescaped in HTML
+
+    server = make_server(Path(env["BACKUP_DIR"]), SECRET, "127.0.0.1", port)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with urllib.request.urlopen(link, timeout=10) as response:
+            assert response.status == 200
+            assert response.read() == archive.read_bytes()
+        # A broken download resumes with a Range request.
+        first = _get(link, {"Range": "bytes=0-999"})
+        rest = _get(link, {"Range": "bytes=1000-"})
+        assert first.status == rest.status == 206
+        assert first.body + rest.body == archive.read_bytes()
+        assert rest.headers["Content-Range"] == f"bytes 1000-{archive.stat().st_size - 1}/" \
+                                               f"{archive.stat().st_size}"
+        base = f"http://127.0.0.1:{port}"
+        tampered = link.replace("sig=", "sig=0")
+        expired, _ = signed_link(base, SECRET, archive.name, 1, now=time.time() - 7200)
+        other_name = archive.name.replace(archive.name[16:24], "19990101")
+        unknown, _ = signed_link(base, SECRET, other_name, 1)
+        forged, _ = signed_link(base, "not-the-secret", archive.name, 1)
+        for url, status in [(tampered, 403), (expired, 403), (forged, 403), (unknown, 404),
+                            (f"{base}/download/..%2F..%2Fetc%2Fpasswd?expires=9999999999&sig=x",
+                             404),
+                            (f"{base}/download/.last_backup.json?expires=9999999999&sig=x", 404)]:
+            got = _get(url)
+            assert got.status == status, url
+            assert archive.read_bytes()[:100] not in got.body
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _Response:
+    def __init__(self, status, headers, body):
+        self.status, self.headers, self.body = status, headers, body
+
+
+def _get(url: str, headers: dict | None = None) -> _Response:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return _Response(response.status, response.headers, response.read())
+    except urllib.error.HTTPError as error:
+        return _Response(error.code, error.headers, error.read())
+
+
+def test_a_failed_run_sends_exactly_one_urgent_alert(mail_env, smtp, instance):
+    env = {**mail_env, "POSTGRES_PORT": "1", "BACKUP_DB_RETRY_BASE_SECONDS": "0.01"}
+    result = run_backup(env, instance)
+    assert not result.success
+    assert len(smtp.recorder.messages) == 1
+    recipients, message = smtp.recorder.messages[0]
+    assert set(recipients) == ADMINS
+    assert message["Subject"].startswith("URGENT:")
+    assert "database_export" in message["Subject"]
+    text, html = _bodies(message)
+    assert "could not connect to PostgreSQL at host 127.0.0.1 port 1" in text
+    assert result.run_id in text and f"https://dagster.example.com/runs/{result.run_id}" in html
+    assert "pg_isready" in text  # the database troubleshooting steps
+    assert PASSWORD not in message.as_string() and env["POSTGRES_PASSWORD"] not in text
+
+    # The run-failure sensor sees the same run and sends nothing more.
+    _evaluate_failure_sensor(env, instance, result)
+    assert len(smtp.recorder.messages) == 1
+
+
+def _evaluate_failure_sensor(env, instance, result) -> None:
+    defs = build_defs(load_settings(env))
+    sensor = defs.resolve_sensor_def("backup_failure_alert_sensor")
+    failure = next(e for e in instance.all_logs(result.run_id)
+                   if e.dagster_event and e.dagster_event.event_type_value == "PIPELINE_FAILURE")
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name, dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(result.run_id),
+        dagster_event=failure.dagster_event, resources={"mailer": defs.resources["mailer"]},
+    ).for_run_failure()
+    sensor(context)
+
+
+def test_a_failed_blocking_check_alerts_once_through_the_sensor(mail_env, smtp, instance):
+    env = {**mail_env, "BACKUP_MAX_SIZE_MB": "0.001"}
+    result = run_backup(env, instance)
+    assert not result.success
+    assert smtp.recorder.messages == []  # no hook sees a failed check
+    _evaluate_failure_sensor(env, instance, result)
+    _evaluate_failure_sensor(env, instance, result)
+    assert len(smtp.recorder.messages) == 1
+    _, message = smtp.recorder.messages[0]
+    assert message["Subject"].startswith("URGENT:") and "archive_checks" in message["Subject"]
+
+
+def test_retries_until_the_server_accepts(mail_env, smtp, instance):
+    smtp.recorder.refuse = 2
+    assert run_backup(mail_env, instance).success
+    assert len(smtp.recorder.messages) == 1 and smtp.recorder.refused == 2
+    log = Path(mail_env["BACKUP_DIR"], "mail.log").read_text().splitlines()
+    assert [line.split("outcome=")[1].split()[0] for line in log] == ["FAILED", "FAILED", "sent"]
+    assert "attempt=3/4" in log[-1]
+
+
+def test_a_refused_email_is_recorded_and_reported(mail_env, smtp, instance):
+    smtp.recorder.refuse = 100
+    result = run_backup(mail_env, instance)
+    assert result.success  # the backup itself is good ...
+    assert smtp.recorder.messages == [] and smtp.recorder.refused == 4
+    # ... and the failure shows in the run, the status file and the health check.
+    assert instance.get_run_by_id(result.run_id).tags["backup_pipeline/email"] == "failed"
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("success email could not be sent after 4 tries" in m for m in logs)
+    status = json.loads((Path(mail_env["BACKUP_DIR"]) / layout.LAST_EMAIL_FILE).read_text())
+    assert status["ok"] is False and "451" in status["error"]
+    done = subprocess.run([BACKUP_PIPELINE, "health-check"], capture_output=True, text=True,
+                          env={**os.environ, **mail_env})
+    assert done.returncode == 1
+    assert "last email (success" in done.stdout and "NOT delivered after 4 tries" in done.stdout
+
+
+def test_an_untrusted_certificate_is_refused(mail_env, smtp, instance, tmp_path):
+    other = start_smtp(tmp_path / "other") if (tmp_path / "other").mkdir() is None else None
+    try:
+        env = {**mail_env, "SMTP_CA_FILE": str(other.ca_file)}  # the wrong CA for `smtp`
+        assert run_backup(env, instance).success
+        assert smtp.recorder.messages == []
+        status = json.loads((Path(env["BACKUP_DIR"]) / layout.LAST_EMAIL_FILE).read_text())
+        assert status["ok"] is False and "CERTIFICATE_VERIFY_FAILED" in status["error"]
+    finally:
+        other.stop()
+
+
+def test_implicit_tls_on_its_own_port(backup_env, instance, tmp_path, monkeypatch):
+    server = start_smtp(tmp_path, implicit_tls=True)
+    try:
+        env = {**backup_env, **server.env(security="ssl")}
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert run_backup(env, instance).success
+        assert len(server.recorder.messages) == 1
+    finally:
+        server.stop()
+
+
+def test_without_smtp_host_emails_go_to_the_outbox(backup_env, instance):
+    assert run_backup(backup_env, instance).success
+    [eml] = list((Path(backup_env["BACKUP_DIR"]) / "outbox").glob("*_success.eml"))
+    assert eml.stat().st_mode & 0o777 == 0o600
+    assert b"Smart AI Hub backup OK" in eml.read_bytes()
