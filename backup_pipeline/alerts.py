@@ -39,8 +39,8 @@ def troubleshooting(kind: str, settings: Settings) -> list[str]:
         ],
         "disk": [
             f"Check free space: df -h {settings.backup_dir}",
-            f"List the archives: ls -lh {settings.backup_dir}; lower BACKUP_RETENTION_DAYS or "
-            "move old archives elsewhere (retention never deletes the newest ones).",
+            f"List the archives: ls -lh {settings.backup_dir}; move old ones elsewhere by hand "
+            "(retention only runs after a successful backup, and never deletes the newest).",
             "Run the backup again once there is room.",
         ],
         "verification": [

@@ -184,8 +184,8 @@ def full_restore(workdir: Path, dsn: str, force: bool, progress: Progress) -> No
         )
     if present:
         progress(f"replacing {len(present)} existing tables (--force)")
-    command = [str(find_pg_binary("psql")), "-X", "-v", "ON_ERROR_STOP=1", "--single-transaction",
-               "--no-psqlrc"]
+    psql = find_pg_binary("psql", os.environ.get("BACKUP_PG_BINDIR"))
+    command = [str(psql), "-X", "-v", "ON_ERROR_STOP=1", "--single-transaction", "--no-psqlrc"]
     if replace:
         command += ["-c", replace]
     command += ["-f", layout.RESTORE_SCRIPT]
@@ -307,10 +307,16 @@ def partial_restore(workdir: Path, dsn: str, manifest: dict, tables: list[str],
             f"{', '.join(e['table'] for e in manifest['tables'])}."
         )
     results = []
-    with psycopg.connect(dsn) as conn, conn.transaction():
-        for table in tables:
-            progress(f"merging {by_name[table]['table']} by primary key")
-            results.append(merge_table(conn, workdir, by_name[table]))
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn, conn.transaction():
+            for table in tables:
+                progress(f"merging {by_name[table]['table']} by primary key")
+                results.append(merge_table(conn, workdir, by_name[table]))
+    except psycopg.Error as error:
+        raise RestoreError(
+            f"the partial restore into {describe_target(dsn)} failed and was rolled back, "
+            f"nothing changed: {str(error).strip()}"
+        ) from None
     return results
 
 

@@ -223,3 +223,13 @@ def test_restore_drill_refuses_the_production_database(backup_env, server, sourc
         instance=instance, raise_on_error=False)
     assert not result.success
     assert scalar(server.dsn(source_db), "SELECT count(*) FROM sessions") > 0
+
+
+def test_partial_restore_into_a_database_without_the_table_fails_cleanly(archive, server,
+                                                                         scratch_db):
+    with server.admin() as conn:
+        conn.execute(f'CREATE DATABASE "{scratch_db}"')
+    done = restore(archive, server.dsn(scratch_db), "--table", "users")
+    assert done.returncode == 2
+    assert "failed and was rolled back, nothing changed" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -122,8 +122,8 @@ class BackupStorage(dg.ConfigurableResource):
                 f"not enough free disk in BACKUP_DIR {self.root}: the backup needs about "
                 f"{math.ceil(needed / MB)} MB ({math.ceil(expected_bytes / MB)} MB of data staged "
                 f"and archived, plus BACKUP_DISK_RESERVE_MB={self.disk_reserve_mb}) but only "
-                f"{free // MB} MB are free. Free space (df -h {self.root}) or lower "
-                f"BACKUP_RETENTION_DAYS, then run the backup again."
+                f"{free // MB} MB are free. Free space by hand (df -h {self.root}; move old "
+                f"archives elsewhere), then run the backup again."
             )
         return free
 
