@@ -240,3 +240,18 @@ def test_without_smtp_host_emails_go_to_the_outbox(backup_env, instance):
     [eml] = list((Path(backup_env["BACKUP_DIR"]) / "outbox").glob("*_success.eml"))
     assert eml.stat().st_mode & 0o777 == 0o600
     assert b"Smart AI Hub backup OK" in eml.read_bytes()
+
+
+def test_materializing_the_assets_like_the_ui_also_sends_exactly_one_email(mail_env, smtp,
+                                                                          instance):
+    """The UI's Materialize button runs the implicit asset job, not backup_job: the hooks sit
+    on the assets, so the email still goes out, once."""
+    defs = build_defs(load_settings(mail_env))
+    backup_assets = [a for a in defs.assets
+                     if dg.AssetKey("restore_drill") not in a.keys]
+    result = dg.materialize([*backup_assets, *defs.asset_checks], resources=defs.resources,
+                            instance=instance)
+    assert result.success
+    assert result.dagster_run.job_name == "__ephemeral_asset_job__"
+    assert len(smtp.recorder.messages) == 1
+    assert str(smtp.recorder.messages[0][1]["Subject"]).strip().startswith("Smart AI Hub backup OK")
