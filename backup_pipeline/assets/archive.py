@@ -7,7 +7,6 @@ a hidden `.partial` file that is removed.
 """
 
 
-import gzip
 import hashlib
 import io
 import json
@@ -22,6 +21,7 @@ from pathlib import Path
 import dagster as dg
 import jinja2
 import psycopg
+from zlib_ng import gzip_ng_threaded
 
 from backup_pipeline import layout
 from backup_pipeline.assets.config_snapshot import CONFIG_KEY, CONFIG_RECORD
@@ -32,7 +32,11 @@ from backup_pipeline.settings import Settings
 from backup_pipeline.verify import verify_archive
 
 ARCHIVE_KEY = dg.AssetKey("backup_archive")
+VERIFICATION_RECORD = "verification.json"
+# gzip's own default level, so the archive is as small as `tar -czf` makes it, but compressed by
+# zlib-ng in threads: the same standard .tar.gz (gzip -t, tar -xzf), a fraction of the time.
 COMPRESSION_LEVEL = 6
+COMPRESSION_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("backup_pipeline", "templates"),
@@ -141,8 +145,8 @@ def write_archive(target: Path, staging: Path, manifest: dict, mtime: float) -> 
     with os.fdopen(fd, "wb") as handle:
         sink = _HashingSink(handle)
         with (
-            gzip.GzipFile(filename="", mode="wb", fileobj=sink,
-                          compresslevel=COMPRESSION_LEVEL, mtime=int(mtime)) as gz,
+            gzip_ng_threaded.open(sink, "wb", compresslevel=COMPRESSION_LEVEL,
+                                  threads=COMPRESSION_THREADS) as gz,
             tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar,
         ):
             tar.addfile(_tar_info(layout.MANIFEST, len(manifest_bytes), mtime),
@@ -256,6 +260,9 @@ def build_backup_archive(settings: Settings) -> dg.AssetsDefinition:
                     f"Earlier archives are untouched."
                 )
             final = storage.publish(partial, created_at)
+            (staging / VERIFICATION_RECORD).write_text(json.dumps(
+                {"sha256": sha256, "found": report.found,
+                 "files": [vars(check) for check in report.files.values()]}))
         finally:
             partial.unlink(missing_ok=True)
         size = final.stat().st_size

@@ -1,24 +1,33 @@
 """Verification of the published archive as blocking asset checks, shown in the Dagster UI.
 
-The archive asset already refuses to publish an archive that fails verification; these checks
-verify the file again where it now lives, and add the size bounds the seeds' monitoring uses.
-They are blocking: when one fails, the run fails, so the status files are not moved forward,
-retention does not run, and the failure alert goes out.
+The archive asset verifies every archive completely before it gets its name. These checks make
+sure the file now under that name is byte for byte the one verified (its SHA-256), and report
+that verification, check by check, with the size bounds the seeds' monitoring uses; when the
+file differs, or the checks run on their own, they verify it completely again. They are
+blocking: when one fails, the run fails, so the status files are not moved forward, retention
+does not run, and the failure alert goes out.
 """
 
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 
-from backup_pipeline.assets.archive import ARCHIVE_KEY, archive_materialization
+from backup_pipeline.assets.archive import (
+    ARCHIVE_KEY,
+    VERIFICATION_RECORD,
+    archive_materialization,
+)
 from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.verify import (
     CHECKSUMS,
     INTEGRITY,
     READABILITY,
+    FileCheck,
     VerificationReport,
+    file_sha256,
     verify_archive,
 )
 
@@ -65,6 +74,22 @@ def check_results(report: VerificationReport, min_mb: float, max_mb: float
     )
 
 
+def _recorded_report(storage: BackupStorage, run_id: str, path: Path
+                     ) -> VerificationReport | None:
+    """This run's verification of the archive, if the published file is the one verified."""
+    record_path = storage.staging_root / run_id / VERIFICATION_RECORD
+    if not record_path.is_file():
+        return None
+    record = json.loads(record_path.read_text())
+    if file_sha256(path) != record["sha256"]:
+        return None
+    return VerificationReport(
+        archive=path, size_bytes=path.stat().st_size,
+        files={f["path"]: FileCheck(**f) for f in record["files"]},
+        found=[tuple(item) for item in record["found"]],
+    )
+
+
 @dg.multi_asset_check(specs=CHECK_SPECS, description="One streaming pass verifies the archive.")
 def archive_checks(context: dg.AssetCheckExecutionContext, storage: BackupStorage
                    ) -> Iterator[dg.AssetCheckResult]:
@@ -76,7 +101,7 @@ def archive_checks(context: dg.AssetCheckExecutionContext, storage: BackupStorag
     if path_value is None:
         raise RuntimeError("no backup_archive materialization to verify: run backup_job first")
     path = Path(path_value.value)
-    report = verify_archive(path)
+    report = _recorded_report(storage, context.run.run_id, path) or verify_archive(path)
     for problem in report.problems:
         context.log.error(f"{path.name}: {problem}")
     yield from check_results(report, storage.min_size_mb, storage.max_size_mb)

@@ -8,6 +8,8 @@ still has its own asset key, so the UI shows lineage, row counts and checksums p
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -20,7 +22,7 @@ from backup_pipeline.assets.transactions import (
     window_cutoff,
     write_window_csv,
 )
-from backup_pipeline.export_plan import build_plan
+from backup_pipeline.export_plan import ExportPlan, WindowedTable, build_plan
 from backup_pipeline.resources.postgres import (
     CopyResult,
     HashingWriter,
@@ -87,6 +89,88 @@ def export_specs(settings: Settings) -> list[dg.AssetSpec]:
     ]
 
 
+# Tables are read by this many sessions at once, all inside the same snapshot.
+EXPORT_WORKERS = 2
+
+
+@dataclass
+class _Exported:
+    """One table written to staging: its manifest entry, file record and timing."""
+
+    entry: dict
+    file: dict
+    sha256: str
+    size: int
+    seconds: float
+
+    def result(self, cutoff) -> dg.MaterializeResult:
+        entry = self.entry
+        key = (dump_key if entry["kind"] == "critical" else transaction_key)(entry["table"])
+        metadata = {
+            "dagster/row_count": entry["rows"],
+            "bytes": self.size,
+            "sha256": self.sha256,
+            "archive_path": entry["path"],
+            "duration_seconds": round(self.seconds, 3),
+        }
+        if entry["kind"] == "transactions":
+            metadata.update(rows_in_window=entry["rows_in_window"],
+                            rows_referenced_before_window=entry["rows_referenced_before_window"],
+                            cutoff=cutoff.isoformat())
+        return dg.MaterializeResult(asset_key=key, metadata=metadata)
+
+
+def _export_one(reader: Snapshot, plan: ExportPlan, item, staging: Path) -> _Exported:
+    started = time.monotonic()
+    if isinstance(item, WindowedTable):
+        table = item.table
+        path = layout.csv_path(table.qualified)
+        result = write_window_csv(reader, plan, item, staging / path)
+        in_window = plan.rows_in_window[table.oid]
+        entry = {"table": table.qualified, "kind": "transactions", "path": path,
+                 "rows": result.rows, "rows_in_window": in_window,
+                 "rows_referenced_before_window": result.rows - in_window,
+                 "timestamp_column": item.timestamp_column, "columns": list(table.columns)}
+    else:
+        path = layout.dump_path(item.qualified)
+        result = write_table_dump(reader, plan, item, staging / path)
+        entry = {"table": item.qualified, "kind": "critical", "path": path,
+                 "rows": result.rows, "columns": list(item.columns)}
+    return _Exported(entry, _file_record(path, result), result.sha256, result.size,
+                     time.monotonic() - started)
+
+
+def _export_tables(snap: Snapshot, plan: ExportPlan, staging: Path, workers: int
+                   ) -> list[_Exported]:
+    """Every table, largest first, shared among `workers` sessions of the same snapshot.
+
+    Results come back in the configured order, so the manifest does not depend on timing.
+    """
+    items: list = [*plan.critical, *plan.windowed]
+    def size(item) -> float:
+        if isinstance(item, WindowedTable):
+            share = plan.rows_in_window[item.table.oid] / item.table.estimated_rows
+            return item.table.size_bytes * min(1.0, share)
+        return item.size_bytes
+
+    queues: list[list[int]] = [[] for _ in range(max(1, workers))]
+    loads = [0.0] * len(queues)
+    for index in sorted(range(len(items)), key=lambda i: size(items[i]), reverse=True):
+        lightest = loads.index(min(loads))
+        queues[lightest].append(index)
+        loads[lightest] += size(items[index])
+
+    def work(indexes: list[int]) -> dict[int, _Exported]:
+        with snap.reader() as reader:
+            return {i: _export_one(reader, plan, items[i], staging) for i in indexes}
+
+    done: dict[int, _Exported] = {}
+    with ThreadPoolExecutor(max_workers=len(queues)) as pool:
+        for part in pool.map(work, [q for q in queues if q]):
+            done.update(part)
+    return [done[i] for i in range(len(items))]
+
+
 def build_database_export(settings: Settings) -> dg.AssetsDefinition:
     specs = export_specs(settings)
 
@@ -118,64 +202,19 @@ def build_database_export(settings: Settings) -> dg.AssetsDefinition:
                 f"{snap.server_version}, {pg_dump_version}); window from {cutoff.isoformat()}; "
                 f"about {expected // 1024} KiB to export, {free // (1024 * 1024)} MB free"
             )
-            files, tables, results = [], [], []
-
-            for table in plan.critical:
-                path = layout.dump_path(table.qualified)
-                table_started = time.monotonic()
-                result = write_table_dump(snap, plan, table, staging / path)
-                files.append(_file_record(path, result))
-                tables.append({"table": table.qualified, "kind": "critical", "path": path,
-                               "rows": result.rows, "columns": list(table.columns)})
-                results.append(dg.MaterializeResult(
-                    asset_key=dump_key(table.qualified),
-                    metadata={
-                        "dagster/row_count": result.rows,
-                        "bytes": result.size,
-                        "sha256": result.sha256,
-                        "archive_path": path,
-                        "duration_seconds": round(time.monotonic() - table_started, 3),
-                    },
-                ))
-
-            for windowed in plan.windowed:
-                table = windowed.table
-                path = layout.csv_path(table.qualified)
-                table_started = time.monotonic()
-                result = write_window_csv(snap, plan, windowed, staging / path)
-                in_window = plan.rows_in_window[table.oid]
-                files.append(_file_record(path, result))
-                tables.append({
-                    "table": table.qualified, "kind": "transactions", "path": path,
-                    "rows": result.rows, "rows_in_window": in_window,
-                    "rows_referenced_before_window": result.rows - in_window,
-                    "timestamp_column": windowed.timestamp_column,
-                    "columns": list(table.columns),
-                })
-                results.append(dg.MaterializeResult(
-                    asset_key=transaction_key(table.qualified),
-                    metadata={
-                        "dagster/row_count": result.rows,
-                        "rows_in_window": in_window,
-                        "rows_referenced_before_window": result.rows - in_window,
-                        "cutoff": cutoff.isoformat(),
-                        "bytes": result.size,
-                        "sha256": result.sha256,
-                        "archive_path": path,
-                        "duration_seconds": round(time.monotonic() - table_started, 3),
-                    },
-                ))
-
-            # pg_dump runs after the data, in the same snapshot; its table locks are the step most
-            # likely to wait on the application, and the data is already staged by then.
+            exported = _export_tables(snap, plan, staging, workers=EXPORT_WORKERS)
+            # pg_dump runs after the data, in the same snapshot; its table locks are the step
+            # most likely to wait on the application, and the data is already staged by then.
             pre = snap.pg_dump(staging / layout.SCHEMA_PRE_DATA, "--section=pre-data")
             seq = _write_sequences(snap, staging / layout.SEQUENCES)
             post = snap.pg_dump(staging / layout.SCHEMA_POST_DATA, "--section=post-data")
-            files += [
+            tables = [e.entry for e in exported]
+            files = [e.file for e in exported] + [
                 _file_record(layout.SCHEMA_PRE_DATA, pre),
                 _file_record(layout.SEQUENCES, seq),
                 _file_record(layout.SCHEMA_POST_DATA, post),
             ]
+            results = [e.result(cutoff) for e in exported]
             results.append(dg.MaterializeResult(
                 asset_key=SCHEMA_KEY,
                 metadata={

@@ -112,6 +112,19 @@ class Snapshot:
     server_version_num: int
     resource: PostgresResource
 
+    @contextmanager
+    def reader(self) -> Iterator[Snapshot]:
+        """Another session that sees exactly this snapshot, for reading tables in parallel."""
+        conn = self.resource._session(None)
+        try:
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
+                sql.Literal(self.snapshot_id)))
+            yield Snapshot(conn, self.snapshot_id, self.taken_at, self.server_version,
+                           self.server_version_num, self.resource)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
     def lock(self, tables: list[sql.Composable]) -> None:
         """ACCESS SHARE locks until the end: no table can be dropped or altered mid-backup."""
         for table in tables:
@@ -251,9 +264,8 @@ class PostgresResource(dg.ConfigurableResource):
             )
         return text
 
-    @contextmanager
-    def snapshot(self, *, log: dg.DagsterLogManager | None = None) -> Iterator[Snapshot]:
-        """One exported snapshot, held open until the block ends."""
+    def _session(self, log: dg.DagsterLogManager | None) -> psycopg.Connection:
+        """A connection in a REPEATABLE READ READ ONLY transaction, with dump-safe settings."""
         conn = self.connect(log=log, autocommit=True)
         try:
             conn.execute("SET client_encoding = 'UTF8'")
@@ -263,6 +275,16 @@ class PostgresResource(dg.ConfigurableResource):
             conn.execute("SET extra_float_digits = 3")
             conn.execute(f"SET lock_timeout = '{int(self.lock_timeout_seconds)}s'")
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextmanager
+    def snapshot(self, *, log: dg.DagsterLogManager | None = None) -> Iterator[Snapshot]:
+        """One exported snapshot, held open until the block ends."""
+        conn = self._session(log)
+        try:
             row = conn.execute(
                 "SELECT pg_export_snapshot(), now(), current_setting('server_version'), "
                 "current_setting('server_version_num')::int"

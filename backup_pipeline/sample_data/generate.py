@@ -173,6 +173,9 @@ def add_excluded_data(conn: psycopg.Connection, scale: float = 1.0) -> None:
     benchmark adds them to show the backup's cost does not follow them.
     """
     n = _counts(scale)
+    # Reference only users that exist, whatever scale the database was generated at.
+    row = conn.execute("SELECT count(*) FROM users").fetchone()
+    n["users"] = max(1, int(row[0])) if row else n["users"]
     _run(conn, """
         INSERT INTO sessions (user_id, token_hash, user_agent, expires_at, created_at)
         SELECT 1 + (i % %(users)s), decode(md5(random()::text), 'hex'), 'Mozilla/5.0 (X11)',

@@ -1,0 +1,285 @@
+"""Side-by-side benchmark: the seeds' Bash approach, the pipeline, and the floor, on the same data.
+
+    .venv/bin/python benchmarks/run.py --scales 10,40 --repeats 3 --out benchmarks/results.json
+
+For each scale it builds the sample Smart AI Hub database with the project's own generator on a
+throwaway server, then runs alternately, `--repeats` times each:
+
+- seeds:    what the seeds' guides do: `pg_dump --table` per critical table, `psql \\copy` of the
+            windowed rows to CSV, `tar -czf` (gzip), `gzip -t`;
+- pipeline: `dagster job execute -m backup_pipeline.definitions -j backup_job`, a real run;
+- floor:    the same rows copied out of PostgreSQL to /dev/null (`psql \\copy ... TO '/dev/null'`).
+
+It prints, per approach, the median wall time, the peak memory (RSS summed over the whole process
+tree, sampled every 20 ms), the archive size and the ratios pipeline/seeds and pipeline/floor.
+Then it doubles the excluded data (audit logs, sessions, old transactions) and runs the pipeline
+again, and compares `backup-pipeline restore` with the seeds' manual psql restore.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+from backup_pipeline.sample_data.cluster import start_cluster
+from backup_pipeline.sample_data.generate import add_excluded_data, create_schema, load_sample_data
+from backup_pipeline.settings import DEFAULT_CRITICAL_TABLES, DEFAULT_TRANSACTION_TABLES
+
+VENV_BIN = Path(sys.executable).parent
+DB = "smart_ai_hub"
+
+SEEDS_SCRIPT = r"""
+set -euo pipefail
+work=$(mktemp -d)
+mkdir -p "$work/database" "$work/config"
+for t in {critical}; do
+  pg_dump --table="$t" > "$work/database/$t.sql"
+done
+for t in {windowed}; do
+  psql -X -q -c "\copy (SELECT * FROM $t WHERE created_at >= now() - interval '3 months') \
+TO '$work/database/$t.csv' CSV HEADER"
+done
+cp -r "$CONFIG_DIR"/. "$work/config/"
+echo "backup" > "$work/BACKUP_INFO.txt"
+tar -czf "$OUT" -C "$work" .
+gzip -t "$OUT"
+rm -rf "$work"
+"""
+
+FLOOR_SCRIPT = r"""
+set -euo pipefail
+for t in {critical}; do
+  psql -X -q -c "\copy $t TO '/dev/null'"
+done
+for t in {windowed}; do
+  psql -X -q -c "\copy (SELECT * FROM $t WHERE created_at >= now() - interval '3 months') \
+TO '/dev/null' CSV HEADER"
+done
+"""
+
+SEEDS_RESTORE = r"""
+set -euo pipefail
+work=$(mktemp -d)
+tar -xzf "$ARCHIVE" -C "$work"
+psql -X -q -v ON_ERROR_STOP=1 -d "$RESTORE_DB" -f "$SCHEMA_PRE" > /dev/null
+for t in {critical}; do
+  psql -X -q -v ON_ERROR_STOP=1 -d "$RESTORE_DB" -f "$work/database/$t.sql" > /dev/null
+done
+for t in {windowed}; do
+  psql -X -q -v ON_ERROR_STOP=1 -d "$RESTORE_DB" \
+    -c "\copy $t FROM '$work/database/$t.csv' CSV HEADER"
+done
+psql -X -q -v ON_ERROR_STOP=1 -d "$RESTORE_DB" -f "$SCHEMA_POST" > /dev/null
+rm -rf "$work"
+"""
+
+
+def tree_rss(root: int) -> int:
+    """RSS in bytes of `root` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def measure(command: list[str], env: dict[str, str], cwd: Path | None = None) -> dict:
+    """Wall time and peak tree RSS of one command; fails loudly if the command fails."""
+    started = time.monotonic()
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss(process.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    output = process.communicate()[0]
+    done.set()
+    sampler.join()
+    seconds = time.monotonic() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed ({process.returncode}):\n{output[-3000:]}")
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak / 1024 / 1024, 1)}
+
+
+def database_size_mb(dsn: str) -> float:
+    with psycopg.connect(dsn) as conn:
+        return round(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+                     / 1024 / 1024, 1)
+
+
+def run_scale(scale: float, repeats: int, workdir: Path) -> dict:
+    cluster = start_cluster()
+    try:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {DB}")
+        generated = time.monotonic()
+        with psycopg.connect(cluster.dsn(DB), autocommit=True) as conn:
+            create_schema(conn)
+            load_sample_data(conn, scale=scale)
+        print(f"scale {scale:g}: generated {database_size_mb(cluster.dsn(DB))} MB in "
+              f"{time.monotonic() - generated:.0f} s", flush=True)
+        config = workdir / "config"
+        (config / "ssl").mkdir(parents=True, exist_ok=True)
+        for name in (".env.production", "docker-compose.prod.yml", "nginx.prod.conf",
+                     "ssl/cert.pem", "ssl/key.pem"):
+            (config / name).write_text(f"{name}\n")
+        libpq = {**os.environ, "PGHOST": cluster.host, "PGPORT": str(cluster.port),
+                 "PGUSER": cluster.user, "PGPASSWORD": cluster.password, "PGDATABASE": DB,
+                 "CONFIG_DIR": str(config)}
+        libpq["PATH"] = f"{VENV_BIN}:{libpq['PATH']}"
+        critical = " ".join(DEFAULT_CRITICAL_TABLES)
+        windowed = " ".join(DEFAULT_TRANSACTION_TABLES)
+        seeds = SEEDS_SCRIPT.replace("{critical}", critical).replace("{windowed}", windowed)
+        floor = FLOOR_SCRIPT.replace("{critical}", critical).replace("{windowed}", windowed)
+
+        def pipeline_env(run: int) -> dict[str, str]:
+            home = workdir / f"dagster_home_{run}"
+            home.mkdir(exist_ok=True)
+            return {**libpq, **cluster.env(DB), "BACKUP_DIR": str(workdir / f"pipe_{run}"),
+                    "BACKUP_CONFIG_DIR": str(config), "DAGSTER_HOME": str(home),
+                    "BACKUP_MIN_SIZE_MB": "0", "BACKUP_MAX_SIZE_MB": "100000",
+                    "ADMIN_EMAILS": "bench@example.com"}
+
+        results: dict[str, list[dict]] = {"seeds": [], "pipeline": [], "floor": []}
+        archives: dict[str, Path] = {}
+        for run in range(repeats):
+            out = workdir / f"seeds_{run}.tar.gz"
+            seeds_run = measure(["bash", "-c", seeds], {**libpq, "OUT": str(out)})
+            seeds_run["archive_mb"] = round(out.stat().st_size / 1024 / 1024, 2)
+            archives["seeds"] = out
+            results["seeds"].append(seeds_run)
+
+            env = pipeline_env(run)
+            pipe_run = measure([str(VENV_BIN / "dagster"), "job", "execute", "-m",
+                                "backup_pipeline.definitions", "-j", "backup_job"], env)
+            [archive] = Path(env["BACKUP_DIR"]).glob("critical_backup_*.tar.gz")
+            pipe_run["archive_mb"] = round(archive.stat().st_size / 1024 / 1024, 2)
+            archives["pipeline"] = archive
+            results["pipeline"].append(pipe_run)
+
+            results["floor"].append(measure(["bash", "-c", floor], libpq))
+            print(f"  run {run + 1}: " + ", ".join(
+                f"{k} {v[-1]['seconds']} s" for k, v in results.items()), flush=True)
+
+        summary = {name: {"median_seconds": statistics.median(r["seconds"] for r in runs),
+                          "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                          "archive_mb": runs[-1].get("archive_mb"), "runs": runs}
+                   for name, runs in results.items()}
+        pipe = summary["pipeline"]["median_seconds"]
+        summary["ratios"] = {
+            "pipeline_over_seeds": round(pipe / summary["seeds"]["median_seconds"], 3),
+            "pipeline_over_floor": round(pipe / summary["floor"]["median_seconds"], 3),
+            "archive_pipeline_over_seeds": round(
+                summary["pipeline"]["archive_mb"] / summary["seeds"]["archive_mb"], 3),
+        }
+
+        # Restore: the pipeline's command against the seeds' manual procedure, same server.
+        restore_env = dict(libpq)
+        for section in ("pre", "post"):
+            path = workdir / f"schema_{section}.sql"
+            subprocess.run(["pg_dump", f"--section={section}-data", "--no-owner", "-f",
+                            str(path)], env=libpq, check=True)
+            restore_env[f"SCHEMA_{section.upper()}"] = str(path)
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE seeds_restore")
+        seeds_restore = SEEDS_RESTORE.replace("{windowed}", windowed).replace(
+            "{critical}", critical)
+        # The seeds restore the pipeline's archive the way their guide says (their own archive
+        # holds full CREATE TABLE dumps per table, which cannot be loaded over one schema).
+        seeds_restore_run = measure(["bash", "-c", seeds_restore], {
+            **restore_env, "ARCHIVE": str(archives["pipeline"]), "RESTORE_DB": "seeds_restore"})
+        pipe_restore_run = measure([str(VENV_BIN / "backup-pipeline"), "restore",
+                                    str(archives["pipeline"]), "--target",
+                                    cluster.dsn("pipeline_restore")], libpq)
+        summary["restore"] = {"seeds_manual_psql": seeds_restore_run,
+                              "backup_pipeline_restore": pipe_restore_run}
+
+        # Excluded data doubled: the pipeline's time should barely move.
+        with psycopg.connect(cluster.dsn(DB), autocommit=True) as conn:
+            add_excluded_data(conn, scale * 4)
+            conn.execute("ANALYZE")
+        print(f"  excluded data added: database now {database_size_mb(cluster.dsn(DB))} MB",
+              flush=True)
+        more = [measure([str(VENV_BIN / "dagster"), "job", "execute", "-m",
+                         "backup_pipeline.definitions", "-j", "backup_job"],
+                        pipeline_env(100 + run)) for run in range(repeats)]
+        after = statistics.median(r["seconds"] for r in more)
+        summary["excluded_data_doubled"] = {
+            "database_mb": database_size_mb(cluster.dsn(DB)),
+            "pipeline_median_seconds": after,
+            "change": round(after / pipe - 1, 3),
+            "runs": more,
+        }
+        summary["database_mb"] = database_size_mb(cluster.dsn(DB))
+        return summary
+    finally:
+        cluster.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scales", default="10,40", help="comma-separated sample data scales")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="benchmarks/results.json")
+    args = parser.parse_args()
+    report = {}
+    for scale in (float(s) for s in args.scales.split(",")):
+        workdir = Path(tempfile.mkdtemp(prefix=f"bench_{scale:g}_"))
+        try:
+            report[f"scale_{scale:g}"] = run_scale(scale, args.repeats, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        result = report[f"scale_{scale:g}"]
+        print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1,
+                         default=str)[:4000], flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
+    for name, result in report.items():
+        print(f"\n{name} (database {result['database_mb']} MB after excluded data)")
+        print(f"  {'approach':<10} {'median s':>9} {'peak MB':>8} {'archive MB':>11}")
+        for approach in ("seeds", "pipeline", "floor"):
+            r = result[approach]
+            print(f"  {approach:<10} {r['median_seconds']:>9} {r['peak_rss_mb']:>8} "
+                  f"{r['archive_mb'] if r['archive_mb'] is not None else '-':>11}")
+        print(f"  ratios {result['ratios']}")
+        print(f"  excluded data doubled: pipeline {result['excluded_data_doubled']['change']:+.1%}")
+        print(f"  restore: {result['restore']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
