@@ -45,11 +45,21 @@ def run_url(settings: Settings, run_id: str) -> str:
     return f"{settings.dagster_ui_url}/runs/{run_id}"
 
 
+def will_be_retried(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """True when the daemon will retry this run (dagster.yaml run_retries): the alert waits for
+    the last attempt, so a failure that the retry fixes wakes nobody up."""
+    if not instance.run_retries_enabled:
+        return False
+    allowed = int(run.tags.get("dagster/max_retries", instance.run_retries_max_retries))
+    attempt = int(run.tags.get("dagster/retry_number", 0))
+    return attempt < allowed
+
+
 def send_failure_alert(instance: dg.DagsterInstance, mailer: Mailer, settings: Settings,
                        run_id: str, step: str, error: str) -> bool:
     """Send the run's one alert, unless it went out already; returns whether it was sent now."""
     run = instance.get_run_by_id(run_id)
-    if run is None or run.tags.get(ALERT_TAG):
+    if run is None or run.tags.get(ALERT_TAG) or will_be_retried(instance, run):
         return False
     instance.add_run_tags(run_id, {ALERT_TAG: "sending"})
     kind = failure_kind(error)

@@ -1,0 +1,40 @@
+"""The plain log file the seeds' operators tail (`BACKUP_LOG_FILE`, default /var/log/backup.log).
+
+dagster.yaml attaches this handler to Dagster's logger, so every run's log lines (steps,
+warnings, errors with the failing step) also land in one plain text file, beside the Dagster UI.
+A log file that cannot be opened must not stop backups: the handler then says so once on stderr
+and writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_LOG_FILE = "/var/log/backup.log"
+
+
+class RunLogFileHandler(logging.Handler):
+    def __init__(self, level: int | str = logging.INFO) -> None:
+        super().__init__(level)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.path = Path(os.environ.get("BACKUP_LOG_FILE") or DEFAULT_LOG_FILE)
+        self._inner: logging.FileHandler | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._inner = logging.FileHandler(self.path, encoding="utf-8")
+            self._inner.setFormatter(self.formatter)
+        except OSError as error:
+            print(f"backup_pipeline: cannot write the run log {self.path}: {error}; set "
+                  f"BACKUP_LOG_FILE to a writable file", file=sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._inner is not None:
+            self._inner.emit(record)
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+        super().close()

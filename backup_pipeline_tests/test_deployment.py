@@ -1,0 +1,269 @@
+"""The production stack without a Docker engine, and the compose file checked against the code.
+
+The same processes, dagster.yaml and workspace.yaml as docker-compose.prod.yml, against the
+suite's own PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from backup_pipeline import settings as settings_module
+from backup_pipeline_tests.helpers import REPO
+from backup_pipeline_tests.smtp_server import free_port
+
+BIN = Path(sys.executable).parent
+COMPOSE = yaml.safe_load((REPO / "docker-compose.prod.yml").read_text())
+BACKUP_SERVICES = ["backup-code", "backup-webserver", "backup-daemon", "backup-downloads"]
+
+
+def _env_names_in(path: Path) -> set[str]:
+    text = path.read_text()
+    names = set(re.findall(r'env(?:iron)?(?:\.get)?\(\s*"([A-Z][A-Z0-9_]+)"', text))
+    names |= set(re.findall(r'_(?:text|number|names|secret)\(\s*(?:env,\s*)?"([A-Z][A-Z0-9_]+)"',
+                            text))
+    names |= set(re.findall(r'EnvVar\("([A-Z][A-Z0-9_]+)"\)', text))
+    names |= set(re.findall(r"env: ([A-Z][A-Z0-9_]+)", text))
+    names |= set(re.findall(r'\bname = "([A-Z][A-Z0-9_]+)"', text))
+    return names
+
+
+def _read_by_the_code() -> set[str]:
+    package = REPO / "backup_pipeline"
+    names = set()
+    for path in [*package.rglob("*.py"), REPO / "dagster.yaml", REPO / "workspace.yaml"]:
+        names |= _env_names_in(path)
+    return names
+
+
+def _env_example() -> set[str]:
+    return {line.split("=", 1)[0] for line in (REPO / ".env.example").read_text().splitlines()
+            if re.match(r"^[A-Z][A-Z0-9_]*=", line)}
+
+
+def test_every_variable_passed_is_read_and_every_setting_is_documented():
+    read = _read_by_the_code()
+    settings_vars = _env_names_in(Path(settings_module.__file__))
+    assert {"POSTGRES_PASSWORD", "BACKUP_DIR", "SMTP_PASS", "DAGSTER_PG_HOST",
+            "BACKUP_DOWNLOAD_SECRET", "BACKUP_LOG_FILE"} <= read
+    compose_only = {"PG_MAJOR", "DAGSTER_PG_DB", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD",
+                    "BACKUP_IMAGE_TAG"}
+    unknown = _env_example() - read - compose_only
+    assert not unknown, f".env.example lists variables nothing reads: {unknown}"
+    undocumented = settings_vars - _env_example()
+    assert not undocumented, f"settings read variables .env.example omits: {undocumented}"
+    for service in BACKUP_SERVICES:
+        passed = set(COMPOSE["services"][service].get("environment", {}))
+        assert passed <= read, f"{service} passes variables nothing reads: {passed - read}"
+
+
+def test_every_command_the_compose_file_runs_exists():
+    commands = [COMPOSE["services"][s]["command"] for s in BACKUP_SERVICES]
+    commands += [COMPOSE["services"][s]["healthcheck"]["test"][1:] for s in BACKUP_SERVICES
+                 if COMPOSE["services"][s]["healthcheck"]["test"][1] != "python"]
+    for command in commands:
+        words = [w for w in command if not w.startswith("-")][:3]
+        program = BIN / words[0]
+        assert program.exists(), f"{words[0]} is not installed by this package"
+        prefix = [str(program)] + [w for w in words[1:] if re.fullmatch(r"[a-z-]+", w)]
+        done = subprocess.run([*prefix, "--help"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{' '.join(words)}: {done.stderr[-500:]}"
+
+
+def test_volumes_match_the_paths_the_code_uses():
+    dockerfile = (REPO / "Dockerfile.backup").read_text()
+    assert "BACKUP_DIR=/backups" in dockerfile and "BACKUP_CONFIG_DIR=/config" in dockerfile
+    assert 'HEALTHCHECK --interval=1h --timeout=10s' in dockerfile and "--retries=3" in dockerfile
+    assert 'CMD ["backup-pipeline", "health-check"]' in dockerfile
+    assert "USER backup" in dockerfile and "ARG PG_MAJOR" in dockerfile
+    code = COMPOSE["services"]["backup-code"]
+    mounts = {v.split(":")[1]: v for v in code["volumes"]}
+    assert "/backups" in mounts and "/var/log/backup" in mounts
+    for entry in settings_module.DEFAULT_CONFIG_FILES:
+        target = f"/config/{entry.rstrip('/')}"
+        assert target in mounts and mounts[target].endswith(":ro"), target
+    assert code["environment"]["BACKUP_LOG_FILE"].startswith("/var/log/backup/")
+    for service in BACKUP_SERVICES:
+        assert any(v.split(":")[1] == "/backups" for v in COMPOSE["services"][service]["volumes"])
+        assert COMPOSE["services"][service]["restart"] == "unless-stopped"
+    daemon = COMPOSE["services"]["backup-daemon"]
+    assert daemon["deploy"]["replicas"] == 1
+    assert daemon["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert daemon["healthcheck"]["interval"] == "1h" and daemon["healthcheck"]["retries"] == 3
+
+
+class Stack:
+    """The compose file's processes, for real: user-code server, webserver, daemon."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.processes: list[subprocess.Popen] = []
+        self.logs = Path(env["DAGSTER_HOME"])
+
+    def start(self, name: str, command: list[str]) -> None:
+        log = (self.logs / f"{name}.log").open("w")
+        self.processes.append(subprocess.Popen(command, env=self.env, cwd=REPO, stdout=log,
+                                               stderr=subprocess.STDOUT))
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text()[-3000:]
+
+
+def _wait(condition, what: str, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+            if result:
+                return result
+        except Exception:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise AssertionError(f"GraphQL {error.code}: {error.read()[:2000]!r}") from None
+    assert "errors" not in body, body
+    return body["data"]
+
+
+REPOSITORY = {"repositoryLocationName": "backup_pipeline", "repositoryName": "__repository__"}
+LAUNCH = """
+mutation($selector: JobOrPipelineSelector!) {
+  launchRun(executionParams: {selector: $selector, mode: "default"}) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}"""
+
+
+@pytest.fixture
+def stack(backup_env, server, tmp_path):
+    dagster_db = f"dagster_{uuid.uuid4().hex[:8]}"
+    with server.admin() as conn:
+        conn.execute(f'CREATE DATABASE "{dagster_db}"')
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    code_port, web_port = free_port(), free_port()
+    env = {**os.environ, **backup_env,
+           "DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": server.host,
+           "DAGSTER_PG_PORT": str(server.port), "DAGSTER_PG_DB": dagster_db,
+           "DAGSTER_PG_USER": server.user, "DAGSTER_PG_PASSWORD": server.password,
+           "DAGSTER_CODE_SERVER_HOST": "127.0.0.1", "DAGSTER_CODE_SERVER_PORT": str(code_port),
+           "BACKUP_LOG_FILE": str(tmp_path / "log" / "backup.log")}
+    running = Stack(env)
+    workspace = str(REPO / "workspace.yaml")
+    try:
+        running.start("code", [str(BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1",
+                               "-p", str(code_port), "-m", "backup_pipeline.definitions"])
+        _wait(lambda: subprocess.run([str(BIN / "dagster"), "api", "grpc-health-check", "-p",
+                                      str(code_port)], env=env, capture_output=True
+                                     ).returncode == 0, "the user-code server")
+        running.start("webserver", [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p",
+                                    str(web_port), "-w", workspace])
+        running.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace])
+        _wait(lambda: urllib.request.urlopen(f"http://127.0.0.1:{web_port}/server_info",
+                                             timeout=5).status == 200, "the webserver")
+        running.web_port = web_port
+        running.dagster_db = dagster_db
+        yield running
+    finally:
+        running.stop()
+        with server.admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dagster_db}" WITH (FORCE)')
+
+
+def test_the_stack_runs_queues_and_monitors(stack, backup_env, server):
+    port = stack.web_port
+    # The webserver reports the job, the schedule, both sensors and the lineage.
+    data = _wait(lambda: _graphql(port, """
+      query($repo: RepositorySelector!) {
+        repositoryOrError(repositorySelector: $repo) {
+          ... on Repository { jobs { name } schedules { name scheduleState { status } }
+                              sensors { name sensorState { status } } }
+        }
+        assetNodes { assetKey { path } dependencyKeys { path } }
+      }""", {"repo": REPOSITORY}), "the webserver to answer GraphQL", timeout=60)
+    repository = data["repositoryOrError"]
+    assert {"backup_job", "restore_drill_job"} <= {j["name"] for j in repository["jobs"]}
+    schedules = {s["name"]: s["scheduleState"]["status"] for s in repository["schedules"]}
+    assert schedules["nightly_backup_schedule"] == "RUNNING"
+    sensors = {s["name"]: s["sensorState"]["status"] for s in repository["sensors"]}
+    assert sensors["backup_age_sensor"] == sensors["backup_size_sensor"] == "RUNNING"
+    archive = next(n for n in data["assetNodes"] if n["assetKey"]["path"] == ["backup_archive"])
+    upstream = {"/".join(k["path"]) for k in archive["dependencyKeys"]}
+    assert {"dumps/users", "dumps/role_permissions", "transactions/purchases",
+            "database_schema", "config_snapshot"} <= upstream
+
+    # Two runs launched at once execute one after the other.
+    selector = {**REPOSITORY, "jobName": "backup_job"}
+    launched = [_graphql(port, LAUNCH, {"selector": selector})["launchRun"] for _ in range(2)]
+    assert all(r["__typename"] == "LaunchRunSuccess" for r in launched), launched
+    run_ids = [r["run"]["runId"] for r in launched]
+
+    def finished():
+        query = """query($ids: [String!]) { runsOrError(filter: {runIds: $ids}) {
+                     ... on Runs { results { runId status startTime endTime } } } }"""
+        runs = _graphql(port, query, {"ids": run_ids})["runsOrError"]["results"]
+        return runs if all(r["status"] in ("SUCCESS", "FAILURE") for r in runs) else None
+
+    try:
+        runs = _wait(finished, "both runs", timeout=240)
+    except AssertionError:
+        raise AssertionError(stack.log("daemon") + stack.log("code")) from None
+    assert [r["status"] for r in runs] == ["SUCCESS", "SUCCESS"], stack.log("code")
+    first, second = sorted(runs, key=lambda r: r["startTime"])
+    assert first["endTime"] <= second["startTime"], "the queue let two backups overlap"
+
+    # The history is in PostgreSQL, in the Dagster instance's own database.
+    with psycopg.connect(server.dsn(stack.dagster_db)) as conn:
+        stored = {row[0] for row in conn.execute("SELECT run_id FROM runs")}
+    assert set(run_ids) <= stored
+
+    # The daemon evaluated the sensors on its own.
+    def ticked():
+        query = """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) {
+                     ... on Sensor { sensorState { ticks(limit: 5) { status skipReason } } } } }"""
+        selector = {**REPOSITORY, "sensorName": "backup_age_sensor"}
+        ticks = _graphql(port, query, {"s": selector})["sensorOrError"]["sensorState"]["ticks"]
+        return ticks or None
+
+    ticks = _wait(ticked, "a backup_age_sensor tick", timeout=120)
+    assert ticks[0]["status"] in ("SKIPPED", "SUCCESS")
+
+    # The run log also went to the plain file operators tail.
+    log_file = Path(stack.env["BACKUP_LOG_FILE"])
+    assert log_file.exists() and "backup_archive" in log_file.read_text()
