@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -101,9 +100,10 @@ def _libpq_env(dsn: str) -> dict[str, str]:
     return env
 
 
-def verified(archive: Path, progress: Progress) -> VerificationReport:
-    progress(f"verifying {archive.name}")
-    report = verify_archive(archive)
+def verified(archive: Path, progress: Progress, extract_to: Path | None = None
+             ) -> VerificationReport:
+    progress(f"verifying {archive.name}" + (" while extracting it" if extract_to else ""))
+    report = verify_archive(archive, extract_to=extract_to)
     if not report.ok:
         raise RestoreError(
             f"refusing to restore {archive.name}: it failed verification: "
@@ -111,12 +111,6 @@ def verified(archive: Path, progress: Progress) -> VerificationReport:
             + ". Nothing was changed. Use another archive (backup-pipeline verify ARCHIVE)."
         )
     return report
-
-
-def extract(archive: Path, folder: Path) -> None:
-    """Extract a verified archive; tarfile's 'data' filter refuses anything unsafe again."""
-    with tarfile.open(archive, "r:gz") as tar:
-        tar.extractall(folder, filter="data")
 
 
 def ensure_database(dsn: str, progress: Progress) -> None:
@@ -343,12 +337,10 @@ def restore_archive(archive: Path, target_dsn: str, *, force: bool = False,
     started = time.monotonic()
     archive = Path(archive)
     report = RestoreReport(archive=archive, target=describe_target(target_dsn))
-    manifest = verified(archive, progress).manifest
-    assert manifest is not None
     with tempfile.TemporaryDirectory(prefix="backup_pipeline_restore_") as folder:
         workdir = Path(folder)
-        progress("extracting")
-        extract(archive, workdir)
+        manifest = verified(archive, progress, extract_to=workdir).manifest
+        assert manifest is not None
         if tables:
             report.tables = partial_restore(workdir, target_dsn, manifest, tables, progress)
             with psycopg.connect(target_dsn) as conn:

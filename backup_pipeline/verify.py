@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import tarfile
 import zlib
 from dataclasses import dataclass, field
@@ -179,7 +180,8 @@ def _readability_problem(path: str, stream: io.BufferedReader, tables: dict[str,
     return None
 
 
-def _read_members(archive: Path, report: VerificationReport, tables: dict[str, dict]) -> None:
+def _read_members(archive: Path, report: VerificationReport, tables: dict[str, dict],
+                  extract_to: Path | None) -> None:
     with archive.open("rb") as raw, gzip_ng.GzipFile(fileobj=raw, mode="rb") as gz:
         with tarfile.open(fileobj=gz, mode="r|") as tar:
             for member in tar:
@@ -188,6 +190,11 @@ def _read_members(archive: Path, report: VerificationReport, tables: dict[str, d
                     report.add(INTEGRITY, f"{member.name} {reason}: refusing the archive")
                     continue
                 if not member.isfile():
+                    continue
+                seen = member.name in report.files or (
+                    member.name == layout.MANIFEST and report.manifest is not None)
+                if seen:
+                    report.add(INTEGRITY, f"{member.name} appears twice: refusing the archive")
                     continue
                 source = tar.extractfile(member)
                 assert source is not None
@@ -200,9 +207,13 @@ def _read_members(archive: Path, report: VerificationReport, tables: dict[str, d
                     except ValueError as error:
                         report.add(CHECKSUMS, f"{layout.MANIFEST} is not valid JSON: {error}")
                     continue
-                problem = _readability_problem(member.name, buffered, tables)
-                while buffered.read(CHUNK):
-                    pass
+                if extract_to is None:
+                    problem = _readability_problem(member.name, buffered, tables)
+                    while buffered.read(CHUNK):
+                        pass
+                else:
+                    problem = None
+                    _write_member(extract_to, member.name, buffered)
                 report.files[member.name] = FileCheck(
                     member.name, hashing.size, hashing.hash.hexdigest(), problem
                 )
@@ -210,6 +221,16 @@ def _read_members(archive: Path, report: VerificationReport, tables: dict[str, d
         # so its CRC and length are checked too.
         while gz.read(CHUNK):
             pass
+
+
+def _write_member(folder: Path, name: str, stream: io.BufferedReader) -> None:
+    """Extract one (already checked safe) member as a private file under `folder`."""
+    target = folder / name
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        for block in iter(lambda: stream.read(CHUNK), b""):
+            handle.write(block)
 
 
 def _manifest_tables(archive: Path) -> dict[str, dict]:
@@ -236,13 +257,19 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_archive(archive: Path) -> VerificationReport:
-    """Check `archive` completely; `report.ok` only when every check holds."""
+def verify_archive(archive: Path, extract_to: Path | None = None) -> VerificationReport:
+    """Check `archive` completely; `report.ok` only when every check holds.
+
+    With `extract_to` (an empty folder) the files are extracted in the same pass, for a restore
+    that must not read the archive twice; the dumps are then not parsed here (psql loads them,
+    and the restore compares row counts), everything else is checked. Whatever was extracted
+    must be discarded when the report is not ok.
+    """
     archive = Path(archive)
     report = VerificationReport(archive=archive, size_bytes=archive.stat().st_size)
-    tables = _manifest_tables(archive)
+    tables = _manifest_tables(archive) if extract_to is None else {}
     try:
-        _read_members(archive, report, tables)
+        _read_members(archive, report, tables, extract_to)
     except (gzip.BadGzipFile, zlib.error, zlib_ng.error) as error:
         report.add(INTEGRITY, f"the gzip stream is corrupt: {error}")
     except EOFError:

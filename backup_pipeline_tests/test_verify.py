@@ -97,11 +97,13 @@ def test_truncated_sql_dump_is_unreadable(good_archive, tmp_path):
     ("symlink", "is a link to"),
     ("device", "is a device"),
     ("unexpected", "not in the manifest: unexpected file"),
+    ("duplicate", "appears twice"),
 ])
 def test_malicious_or_unexpected_members_are_refused(good_archive, tmp_path, kind, expected):
     info = tarfile.TarInfo({"absolute": "/etc/cron.d/evil", "dotdot": "database/../../evil",
                             "symlink": "database/evil", "device": "database/dev",
-                            "unexpected": "database/extra.sql"}[kind])
+                            "unexpected": "database/extra.sql",
+                            "duplicate": "database/users.sql"}[kind])
     if kind == "symlink":
         info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
     elif kind == "device":
