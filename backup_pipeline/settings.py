@@ -96,10 +96,6 @@ class Settings:
     link_ttl_hours: float = 72.0
     dagster_ui_url: str = "http://localhost:3000"
 
-    @property
-    def backed_up_tables(self) -> tuple[str, ...]:
-        return self.critical_tables + tuple(t.name for t in self.transaction_tables)
-
 
 def _text(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "").strip()

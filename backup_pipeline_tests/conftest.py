@@ -135,3 +135,13 @@ def backup_env(tmp_path: Path, server: Server, source_db: str,
 def instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as test_instance:
         yield test_instance
+
+
+@pytest.fixture
+def archive(backup_env, instance) -> Path:
+    """A real archive of `source_db`, made by backup_job."""
+    from backup_pipeline_tests.helpers import archives, run_backup
+
+    assert run_backup(backup_env, instance).success
+    [made] = archives(backup_env["BACKUP_DIR"])
+    return made

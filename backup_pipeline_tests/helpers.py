@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -21,6 +22,7 @@ CRITICAL = ["users", "user_roles", "organizations", "agencies", "referrals", "ex
 WINDOWED = ["credit_transactions", "point_transactions", "purchases"]
 EXCLUDED = ["sessions", "audit_logs", "app_logs"]
 REPO = Path(__file__).resolve().parents[1]
+BACKUP_PIPELINE = str(Path(sys.executable).with_name("backup-pipeline"))
 
 
 def run_backup(env: dict[str, str], instance: dg.DagsterInstance

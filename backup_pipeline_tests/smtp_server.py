@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import ssl
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -12,6 +11,8 @@ from pathlib import Path
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from backup_pipeline.sample_data.cluster import free_port
 
 USER, PASSWORD = "backup-mailer", "smtp-secret-Pa55"
 
@@ -38,12 +39,6 @@ def _authenticate(server, session, envelope, mechanism, auth_data) -> AuthResult
     ok = (isinstance(auth_data, LoginPassword) and auth_data.login == USER.encode()
           and auth_data.password == PASSWORD.encode())
     return AuthResult(success=ok)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from backup_pipeline import settings as settings_module
+from backup_pipeline.sample_data.cluster import free_port
 from backup_pipeline_tests.helpers import REPO
-from backup_pipeline_tests.smtp_server import free_port
 
 BIN = Path(sys.executable).parent
 COMPOSE = yaml.safe_load((REPO / "docker-compose.prod.yml").read_text())
@@ -88,7 +88,7 @@ def test_volumes_match_the_paths_the_code_uses():
     assert "BACKUP_DIR=/backups" in dockerfile and "BACKUP_CONFIG_DIR=/config" in dockerfile
     assert 'HEALTHCHECK --interval=1h --timeout=10s' in dockerfile and "--retries=3" in dockerfile
     assert 'CMD ["backup-pipeline", "health-check"]' in dockerfile
-    assert "USER backup" in dockerfile and "ARG PG_MAJOR" in dockerfile
+    assert "USER 10001:10001" in dockerfile and "ARG PG_MAJOR" in dockerfile
     code = COMPOSE["services"]["backup-code"]
     mounts = {v.split(":")[1]: v for v in code["volumes"]}
     assert "/backups" in mounts and "/var/log/backup" in mounts
@@ -103,6 +103,28 @@ def test_volumes_match_the_paths_the_code_uses():
     assert daemon["deploy"]["replicas"] == 1
     assert daemon["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert daemon["healthcheck"]["interval"] == "1h" and daemon["healthcheck"]["retries"] == 3
+
+
+def test_dockerfile_is_clean_under_hadolint():
+    done = subprocess.run([str(BIN / "hadolint"), str(REPO / "Dockerfile.backup")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_image_gets_the_templates(tmp_path):
+    """Dockerfile.backup installs the package without -e: every template must be in the wheel."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                    "-q", "-w", str(tmp_path), str(REPO)], check=True, capture_output=True,
+                   timeout=300)
+    [wheel] = tmp_path.glob("backup_pipeline-*.whl")
+    import zipfile
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for template in ("backup_pipeline/templates/BACKUP_INFO.txt.j2",
+                     "backup_pipeline/emails/templates/success.html.j2",
+                     "backup_pipeline/emails/templates/failure.txt.j2",
+                     "backup_pipeline/sample_data/schema.sql"):
+        assert template in names, template
 
 
 class Stack:

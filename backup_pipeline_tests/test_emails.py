@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -18,13 +17,13 @@ import pytest
 from backup_pipeline import layout
 from backup_pipeline.definitions import build_defs
 from backup_pipeline.downloads import make_server, signed_link
+from backup_pipeline.sample_data.cluster import free_port
 from backup_pipeline.settings import load_settings
-from backup_pipeline_tests.helpers import archives, run_backup
-from backup_pipeline_tests.smtp_server import PASSWORD, free_port, start_smtp
+from backup_pipeline_tests.helpers import BACKUP_PIPELINE, archives, run_backup
+from backup_pipeline_tests.smtp_server import PASSWORD, start_smtp
 
 ADMINS = {"admin1@example.com", "admin2@example.com"}
 SECRET = "download-secret-for-tests"
-BACKUP_PIPELINE = str(Path(sys.executable).with_name("backup-pipeline"))
 
 
 @pytest.fixture

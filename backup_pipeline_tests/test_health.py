@@ -10,9 +10,7 @@ import time
 from pathlib import Path
 
 from backup_pipeline import layout
-from backup_pipeline_tests.helpers import archives, run_backup
-
-BACKUP_PIPELINE = str(Path(sys.executable).with_name("backup-pipeline"))
+from backup_pipeline_tests.helpers import BACKUP_PIPELINE, archives, run_backup
 
 
 def cli(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess, float]:

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from backup_pipeline import layout
 from backup_pipeline.definitions import build_defs
 from backup_pipeline.settings import load_settings
 from backup_pipeline_tests.helpers import (
+    BACKUP_PIPELINE,
     CRITICAL,
     EXCLUDED,
     WINDOWED,
@@ -28,15 +28,6 @@ from backup_pipeline_tests.helpers import (
     run_backup,
     scalar,
 )
-
-BACKUP_PIPELINE = str(Path(sys.executable).with_name("backup-pipeline"))
-
-
-@pytest.fixture
-def archive(backup_env, instance) -> Path:
-    assert run_backup(backup_env, instance).success
-    [made] = archives(backup_env["BACKUP_DIR"])
-    return made
 
 
 def restore(archive: Path, dsn: str, *args: str) -> subprocess.CompletedProcess:

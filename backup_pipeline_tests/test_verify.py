@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -12,16 +11,7 @@ import pytest
 
 from backup_pipeline.assets.checks import check_results
 from backup_pipeline.verify import verify_archive
-from backup_pipeline_tests.helpers import archives, run_backup
-
-BACKUP_PIPELINE = str(Path(sys.executable).with_name("backup-pipeline"))
-
-
-@pytest.fixture
-def good_archive(backup_env, instance) -> Path:
-    assert run_backup(backup_env, instance).success
-    [archive] = archives(backup_env["BACKUP_DIR"])
-    return archive
+from backup_pipeline_tests.helpers import BACKUP_PIPELINE
 
 
 def _rewrite(source: Path, target: Path, change=None, extra: list[tarfile.TarInfo] = ()) -> Path:
@@ -38,14 +28,14 @@ def _rewrite(source: Path, target: Path, change=None, extra: list[tarfile.TarInf
     return target
 
 
-def test_good_archive_verifies(good_archive):
-    report = verify_archive(good_archive)
+def test_archive_verifies(archive):
+    report = verify_archive(archive)
     assert report.ok, report.problems
     assert "database/users.sql" in report.files
 
 
-def test_truncated_archive_fails(good_archive, tmp_path):
-    data = good_archive.read_bytes()
+def test_truncated_archive_fails(archive, tmp_path):
+    data = archive.read_bytes()
     truncated = tmp_path / "truncated.tar.gz"
     truncated.write_bytes(data[: len(data) // 2])
     report = verify_archive(truncated)
@@ -53,41 +43,41 @@ def test_truncated_archive_fails(good_archive, tmp_path):
     assert any("truncated" in p or "corrupt" in p for p in report.problems)
 
 
-def test_flipped_byte_fails_the_gzip_check(good_archive, tmp_path):
-    data = bytearray(good_archive.read_bytes())
+def test_flipped_byte_fails_the_gzip_check(archive, tmp_path):
+    data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0xFF
     damaged = tmp_path / "damaged.tar.gz"
     damaged.write_bytes(bytes(data))
     assert not verify_archive(damaged).ok
 
 
-def test_tampered_file_fails_its_checksum(good_archive, tmp_path):
+def test_tampered_file_fails_its_checksum(archive, tmp_path):
     def change(name, data):
         return data.replace(b"user1@example.com", b"evil1@example.com") \
             if name == "database/users.sql" else data
 
-    report = verify_archive(_rewrite(good_archive, tmp_path / "t.tar.gz", change))
+    report = verify_archive(_rewrite(archive, tmp_path / "t.tar.gz", change))
     assert any(p.startswith("database/users.sql does not match the manifest")
                for p in report.problems)
 
 
-def test_csv_with_a_missing_row_is_unreadable(good_archive, tmp_path):
+def test_csv_with_a_missing_row_is_unreadable(archive, tmp_path):
     def change(name, data):
         if name != "database/purchases.csv":
             return data
         lines = data.split(b"\n")
         return b"\n".join(lines[:1] + lines[2:])
 
-    report = verify_archive(_rewrite(good_archive, tmp_path / "t.tar.gz", change))
+    report = verify_archive(_rewrite(archive, tmp_path / "t.tar.gz", change))
     assert any("database/purchases.csv is not readable" in p and "the manifest says" in p
                for p in report.problems)
 
 
-def test_truncated_sql_dump_is_unreadable(good_archive, tmp_path):
+def test_truncated_sql_dump_is_unreadable(archive, tmp_path):
     def change(name, data):
         return data[: len(data) // 2] if name == "database/users.sql" else data
 
-    report = verify_archive(_rewrite(good_archive, tmp_path / "t.tar.gz", change))
+    report = verify_archive(_rewrite(archive, tmp_path / "t.tar.gz", change))
     assert any("database/users.sql is not readable" in p for p in report.problems)
 
 
@@ -99,7 +89,7 @@ def test_truncated_sql_dump_is_unreadable(good_archive, tmp_path):
     ("unexpected", "not in the manifest: unexpected file"),
     ("duplicate", "appears twice"),
 ])
-def test_malicious_or_unexpected_members_are_refused(good_archive, tmp_path, kind, expected):
+def test_malicious_or_unexpected_members_are_refused(archive, tmp_path, kind, expected):
     info = tarfile.TarInfo({"absolute": "/etc/cron.d/evil", "dotdot": "database/../../evil",
                             "symlink": "database/evil", "device": "database/dev",
                             "unexpected": "database/extra.sql",
@@ -110,31 +100,31 @@ def test_malicious_or_unexpected_members_are_refused(good_archive, tmp_path, kin
         info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
     else:
         info.size = 4
-    report = verify_archive(_rewrite(good_archive, tmp_path / "m.tar.gz", extra=[info]))
+    report = verify_archive(_rewrite(archive, tmp_path / "m.tar.gz", extra=[info]))
     assert not report.ok
     assert any(expected in p for p in report.problems), report.problems
 
 
-def test_asset_checks_fail_for_the_right_reason(good_archive, tmp_path):
+def test_asset_checks_fail_for_the_right_reason(archive, tmp_path):
     def change(name, data):
         return data + b"-- appended\n" if name == "config/nginx.prod.conf" else data
 
-    tampered = _rewrite(good_archive, tmp_path / "t.tar.gz", change)
+    tampered = _rewrite(archive, tmp_path / "t.tar.gz", change)
     results = {r.check_name: r.passed
                for r in check_results(verify_archive(tampered), 0, 100)}
     assert results == {"gzip_and_tar_integrity": True, "manifest_checksums": False,
                        "dumps_readable": True, "size_within_bounds": True}
     results = {r.check_name: r.passed
-               for r in check_results(verify_archive(good_archive), 50, 100)}
+               for r in check_results(verify_archive(archive), 50, 100)}
     assert results["size_within_bounds"] is False
 
 
-def test_cli_verify_exit_status(good_archive, tmp_path):
-    ok = subprocess.run([BACKUP_PIPELINE, "verify", str(good_archive)],
+def test_cli_verify_exit_status(archive, tmp_path):
+    ok = subprocess.run([BACKUP_PIPELINE, "verify", str(archive)],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "database/users.sql" in ok.stdout and ok.stdout.strip().splitlines()[-1].startswith("OK")
-    data = good_archive.read_bytes()
+    data = archive.read_bytes()
     broken = tmp_path / "broken.tar.gz"
     broken.write_bytes(data[: len(data) - 100])
     failed = subprocess.run([BACKUP_PIPELINE, "verify", str(broken)],

@@ -49,7 +49,8 @@ def server_bindir() -> Path:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nothing listens on right now, on 127.0.0.1."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -117,7 +118,7 @@ def start_cluster(base: Path | None = None) -> LocalCluster:
     pwfile.write_text(password + "\n")
     if os.geteuid() == 0:
         os.chown(pwfile, server.pw_uid, server.pw_gid)
-    cluster = LocalCluster(base=base, port=_free_port(), password=password)
+    cluster = LocalCluster(base=base, port=free_port(), password=password)
     _as_server_user([str(bindir / "initdb"), "-D", str(cluster.data_dir), "-U", "postgres",
                      "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8",
                      "--locale=C.UTF-8" if _has_c_utf8() else "--locale=C"])
