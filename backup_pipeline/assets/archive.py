@@ -2,8 +2,8 @@
 
 The tar stream goes straight into gzip and the file is hashed as it is written. It is written
 under a hidden temporary name, fsynced and fully verified before it gets its final name, so a
-file named `critical_backup_*.tar.gz` is always complete: a crash or a failed check leaves at most
-a hidden `.partial` file that is removed.
+file named `critical_backup_*.tar.gz` is always complete: a failed verification leaves nothing,
+a crash at most a hidden `.partial` file (retention removes it a day later).
 """
 
 
@@ -26,6 +26,7 @@ from zlib_ng import gzip_ng_threaded
 from backup_pipeline import layout
 from backup_pipeline.assets.config_snapshot import CONFIG_KEY, CONFIG_RECORD
 from backup_pipeline.assets.database import EXPORT_RECORD, export_specs
+from backup_pipeline.assets.dumps import quote_identifier
 from backup_pipeline.resources.postgres import HashingWriter
 from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.settings import Settings
@@ -98,10 +99,11 @@ def restore_script(export: dict) -> str:
     for table in export["tables"]:
         if table["kind"] == "transactions":
             schema, name = table["table"].split(".", 1)
-            columns = ", ".join(_quote(c) for c in table["columns"])
+            columns = ", ".join(quote_identifier(c) for c in table["columns"])
             lines += [
                 f"\\echo '    {table['table']}'",
-                f"\\copy {_quote(schema)}.{_quote(name)} ({columns}) FROM '{table['path']}' "
+                f"\\copy {quote_identifier(schema)}.{quote_identifier(name)} ({columns}) "
+                f"FROM '{table['path']}' "
                 "WITH (FORMAT csv, HEADER)",
             ]
     lines += [
@@ -111,10 +113,6 @@ def restore_script(export: dict) -> str:
         "\\echo 'restore complete'",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 def _write_text(staging: Path, relative: str, text: str) -> dict:

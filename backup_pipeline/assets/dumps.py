@@ -38,12 +38,13 @@ def dump_specs(settings: Settings) -> list[dg.AssetSpec]:
 def write_table_dump(snapshot: Snapshot, plan: ExportPlan, table: TableInfo, target: Path
                      ) -> CopyResult:
     """Write `target` as a self-contained SQL data file; the trailer records the row count."""
-    columns = ", ".join(_quote(c) for c in table.columns)
+    columns = ", ".join(quote_identifier(c) for c in table.columns)
     header = (
         f"--\n-- backup_pipeline: data of table {table.qualified}\n--\n\n"
         "SET client_encoding = 'UTF8';\n"
         "SET standard_conforming_strings = on;\n\n"
-        f"COPY {_quote(table.schema)}.{_quote(table.name)} ({columns}) FROM stdin;\n"
+        f"COPY {quote_identifier(table.schema)}.{quote_identifier(table.name)} ({columns}) "
+        "FROM stdin;\n"
     )
     with target.open("wb") as handle:
         writer = HashingWriter(handle)
@@ -53,5 +54,6 @@ def write_table_dump(snapshot: Snapshot, plan: ExportPlan, table: TableInfo, tar
     return CopyResult(rows=rows, size=writer.size, sha256=writer.sha256)
 
 
-def _quote(identifier: str) -> str:
+def quote_identifier(identifier: str) -> str:
+    """An SQL identifier, always double-quoted (psql meta-commands need it spelled out)."""
     return '"' + identifier.replace('"', '""') + '"'
