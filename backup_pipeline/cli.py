@@ -14,7 +14,8 @@ def _verify(args: argparse.Namespace) -> int:
 
     report = verify_archive(Path(args.archive))
     for check in report.files.values():
-        state = "ok" if check.problem is None else "FAIL"
+        failed = check.problem or any(p.startswith(f"{check.path} ") for p in report.problems)
+        state = "FAIL" if failed else "ok"
         print(f"{state:4}  {check.size:>12,}  {check.sha256[:16]}  {check.path}")
     for problem in report.problems:
         print(f"FAIL  {problem}", file=sys.stderr)

@@ -131,3 +131,14 @@ def test_cli_verify_exit_status(archive, tmp_path):
                             capture_output=True, text=True)
     assert failed.returncode == 1
     assert "FAILED" in failed.stdout
+
+    def change(name, data):
+        return data + b"\n" if name == "database/roles.sql" else data
+
+    tampered = subprocess.run([BACKUP_PIPELINE, "verify",
+                               str(_rewrite(archive, tmp_path / "t.tar.gz", change))],
+                              capture_output=True, text=True)
+    assert tampered.returncode == 1
+    assert any(line.startswith("FAIL") and line.endswith("database/roles.sql")
+               for line in tampered.stdout.splitlines())
+    assert "database/roles.sql does not match the manifest" in tampered.stderr
