@@ -12,7 +12,12 @@ from pathlib import Path
 def _verify(args: argparse.Namespace) -> int:
     from backup_pipeline.verify import verify_archive
 
-    report = verify_archive(Path(args.archive))
+    try:
+        report = verify_archive(Path(args.archive))
+    except OSError as error:
+        print(f"cannot read the archive {args.archive}: {error.strerror or error}",
+              file=sys.stderr)
+        return 2
     for check in report.files.values():
         failed = check.problem or any(p.startswith(f"{check.path} ") for p in report.problems)
         state = "FAIL" if failed else "ok"
@@ -24,6 +29,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from backup_pipeline.resources.postgres import PgDumpError
     from backup_pipeline.restore import RestoreError, restore_archive
 
     started = time.monotonic()
@@ -36,7 +44,8 @@ def _restore(args: argparse.Namespace) -> int:
             Path(args.archive), args.target, force=args.force, tables=args.table or None,
             config_to=Path(args.config_to) if args.config_to else None, progress=progress,
         )
-    except RestoreError as error:
+    except (RestoreError, OSError, ValueError, psycopg.Error, PgDumpError) as error:
+        # Whatever went wrong, nothing was committed: say so in one line, no traceback.
         print(f"RESTORE FAILED: {error}", file=sys.stderr)
         return 2
     print(report.table_text())

@@ -157,7 +157,10 @@ class ExportPlan:
 
 
 _TABLE_QUERY = """
-SELECT c.oid::int, n.nspname, c.relname, c.relkind, pg_relation_size(c.oid),
+SELECT c.oid::int, n.nspname, c.relname, c.relkind,
+       (CASE WHEN c.relkind = 'p' THEN (SELECT coalesce(sum(pg_table_size(relid)), 0)
+                                        FROM pg_partition_tree(c.oid))
+             ELSE pg_table_size(c.oid) END)::bigint,
        greatest(c.reltuples, 1)::float8,
        array(SELECT a.attname FROM pg_attribute a
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped

@@ -13,14 +13,11 @@ made visible otherwise: an error in the run's log, a run tag, .last_email.json (
 
 from __future__ import annotations
 
-import json
-import tarfile
 import time
 from pathlib import Path
 
 import dagster as dg
 
-from backup_pipeline import layout
 from backup_pipeline.alerts import ALERT_TAG, EMAIL_TAG, failure_kind, troubleshooting
 from backup_pipeline.assets.archive import archive_materialization
 from backup_pipeline.emails.render import (
@@ -31,14 +28,7 @@ from backup_pipeline.emails.render import (
 )
 from backup_pipeline.resources.mailer import Mailer
 from backup_pipeline.settings import Settings
-
-
-def read_manifest(archive: Path) -> dict:
-    """manifest.json is the archive's first member: reading it costs one small read."""
-    with tarfile.open(archive, "r:gz") as tar:
-        member = tar.extractfile(layout.MANIFEST)
-        assert member is not None
-        return json.loads(member.read())
+from backup_pipeline.verify import read_manifest
 
 
 def run_url(settings: Settings, run_id: str) -> str:
@@ -87,8 +77,11 @@ def build_hooks(settings: Settings) -> tuple[dg.HookDefinition, dg.HookDefinitio
         archive = Path(metadata["path"].value)
         record = context.instance.get_run_record_by_id(context.run_id)
         started = record.start_time if record and record.start_time else None
+        manifest = read_manifest(archive)
+        if manifest is None:
+            raise RuntimeError(f"{archive} has no readable manifest.json: no success email")
         summary = summary_from_manifest(
-            read_manifest(archive), archive, metadata["bytes"].value,
+            manifest, archive, metadata["bytes"].value,
             metadata["sha256"].value, time.time() - started if started else None,
             run_url(settings, context.run_id))
         message = success_email(mailer, summary, settings.email_max_mb,

@@ -12,6 +12,9 @@ backup_job = dg.define_asset_job(
     name="backup_job",
     selection=dg.AssetSelection.groups(*BACKUP_GROUPS),
     executor_def=dg.in_process_executor,
+    # A retried run (dagster.yaml run_retries) must redo every step: each run stages its files
+    # in its own folder, so re-running only the failed step would find nothing to pack.
+    tags={"dagster/retry_strategy": "ALL_STEPS"},
     description="Dump the critical tables and the transaction window from one snapshot, copy "
                 "the configuration, pack and verify the archive, update the status files and "
                 "apply retention.",
@@ -22,6 +25,7 @@ restore_drill_job = dg.define_asset_job(
     name="restore_drill_job",
     selection=dg.AssetSelection.assets("restore_drill"),
     executor_def=dg.in_process_executor,
+    tags={"dagster/retry_strategy": "ALL_STEPS"},
     description="Restore the newest archive into the scratch database BACKUP_DRILL_DSN, "
                 "compare with its manifest and record the recovery time.",
 )

@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import psycopg
 from psycopg import sql
@@ -82,7 +82,14 @@ class RestoreReport:
 
 def describe_target(dsn: str) -> str:
     """The target without its password, for messages."""
-    parts = conninfo_to_dict(dsn)
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as error:
+        raise RestoreError(f"--target is not a valid connection string or URI: {error}. "
+                           f"Example: \"host=db dbname=smart_ai_hub user=postgres\"") from None
+    if not parts.get("dbname"):
+        raise RestoreError("--target names no database: add dbname=... (the database to "
+                           "restore into; it is created when missing)")
     return (f"database {parts.get('dbname', '?')} on {parts.get('host', 'localhost')}:"
             f"{parts.get('port', 5432)} as {parts.get('user', os.environ.get('USER', '?'))}")
 
@@ -119,15 +126,20 @@ def ensure_database(dsn: str, progress: Progress) -> None:
         psycopg.connect(dsn, connect_timeout=10).close()
         return
     except psycopg.OperationalError as error:
-        if "does not exist" not in str(error):
+        name = conninfo_to_dict(dsn)["dbname"]
+        if f'database "{name}" does not exist' not in str(error):
             raise RestoreError(f"cannot connect to {describe_target(dsn)}: "
                                f"{str(error).strip()}") from None
-    parts = conninfo_to_dict(dsn)
-    name = parts["dbname"]
     progress(f"creating database {name}")
-    with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True,
-                         connect_timeout=10) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True,
+                             connect_timeout=10) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.Error as error:
+        raise RestoreError(
+            f"database {name} does not exist and could not be created: {str(error).strip()}. "
+            f"Create it (CREATE DATABASE), or restore as a user with CREATEDB."
+        ) from None
 
 
 def existing_tables(conn: psycopg.Connection) -> list[str]:
@@ -315,18 +327,26 @@ def partial_restore(workdir: Path, dsn: str, manifest: dict, tables: list[str],
 
 
 def write_config(workdir: Path, manifest: dict, target: Path, progress: Progress) -> list[str]:
-    """Copy config/ out as it was, private (0600 files, 0700 folders)."""
+    """Copy config/ out as it was, private (0600 files, 0700 folders), never through a link.
+
+    Only files the verification checked (the manifest's files under config/) are written, and
+    only inside `target`.
+    """
     written = []
-    source_root = workdir / layout.CONFIG_DIR
-    for relative in manifest["config"]["included"]:
-        source = workdir / relative
-        destination = target / Path(relative).relative_to(layout.CONFIG_DIR)
+    prefix = f"{layout.CONFIG_DIR}/"
+    for entry in manifest["files"]:
+        relative = PurePosixPath(entry["path"])
+        if not entry["path"].startswith(prefix) or ".." in relative.parts:
+            continue
+        destination = target.joinpath(*relative.parts[1:])
         destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        shutil.copyfile(source, destination)
-        destination.chmod(0o600)
+        fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out, (workdir / entry["path"]).open("rb") as source:
+            shutil.copyfileobj(source, out)
+        os.chmod(destination, 0o600)
         written.append(str(destination.relative_to(target)))
     if written:
-        progress(f"wrote {len(written)} config files from {source_root.name}/ to {target}")
+        progress(f"wrote {len(written)} config files to {target}")
     return written
 
 

@@ -33,7 +33,7 @@ def _incident(context: dg.SensorEvaluationContext, mailer: Mailer, problem: str 
               key: str, title: str, steps: list[str], ok_text: str) -> dg.SkipReason:
     """Alert when `problem` starts (or changes), note when it ends, stay quiet in between."""
     state = _cursor(context)
-    if problem and state.get("incident") != key:
+    if problem and (state.get("incident") != key or not state.get("alerted")):
         result = mailer.send(notice_email(mailer, Notice(title, problem, steps)), kind="monitor")
         context.update_cursor(json.dumps({"incident": key, "since": time.time(),
                                           "alerted": result.ok}))

@@ -316,7 +316,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retention_days=int(_number(env, "BACKUP_RETENTION_DAYS", 30, kind=int, low=1, high=3650,
                                    meaning="days to keep archives")),
         retention_min_count=int(_number(env, "BACKUP_RETENTION_MIN_COUNT", 7, kind=int, low=1,
-                                        high=10000, meaning="good archives always kept")),
+                                        high=10000, meaning="newest archives always kept")),
         schedule=schedule,
         timezone=timezone,
         db_connect_retries=int(_number(env, "BACKUP_DB_CONNECT_RETRIES", 3, kind=int, low=0,

@@ -233,20 +233,24 @@ def _write_member(folder: Path, name: str, stream: io.BufferedReader) -> None:
             handle.write(block)
 
 
-def _manifest_tables(archive: Path) -> dict[str, dict]:
-    """The manifest is written first in the archive; read it alone to guide the full pass."""
+def read_manifest(archive: Path) -> dict | None:
+    """manifest.json, which this pipeline writes as the archive's first member: reading it
+    decompresses only the archive's first blocks. None when it is not there or not readable."""
     try:
-        with tarfile.open(archive, mode="r:gz") as tar:
-            for member in tar:
-                if member.name == layout.MANIFEST and member.isfile():
-                    source = tar.extractfile(member)
-                    manifest = json.loads(source.read()) if source else {}
-                    return {t["path"]: t for t in manifest.get("tables", [])}
-                if member.isfile():
-                    break
+        with archive.open("rb") as raw, tarfile.open(fileobj=raw, mode="r|gz") as tar:
+            member = tar.next()
+            if member is None or member.name != layout.MANIFEST or not member.isfile():
+                return None
+            source = tar.extractfile(member)
+            return json.loads(source.read()) if source else None
     except (OSError, EOFError, tarfile.TarError, zlib.error, ValueError):
-        pass
-    return {}
+        return None
+
+
+def _manifest_tables(archive: Path) -> dict[str, dict]:
+    """The manifest's tables by path, to guide the full pass (which checks it again)."""
+    manifest = read_manifest(archive) or {}
+    return {t["path"]: t for t in manifest.get("tables", [])}
 
 
 def file_sha256(path: Path) -> str:

@@ -224,3 +224,27 @@ def test_partial_restore_into_a_database_without_the_table_fails_cleanly(archive
     assert done.returncode == 2
     assert "failed and was rolled back, nothing changed" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_cli_mistakes_get_one_clear_line(archive, tmp_path, server):
+    missing = subprocess.run([BACKUP_PIPELINE, "verify", str(tmp_path / "nope.tar.gz")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "cannot read the archive" in missing.stderr
+    for target, expected in [("host=127.0.0.1 port=5432 dbname", "not a valid connection"),
+                             (f"host={server.host} port={server.port} user=postgres",
+                              "names no database")]:
+        done = restore(archive, target)
+        assert done.returncode == 2, done.stderr
+        assert expected in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_failed_drill_is_recorded_as_failed(backup_env, instance, monkeypatch):
+    assert run_backup(backup_env, instance).success
+    drill_dsn = "host=127.0.0.1 port=1 user=postgres dbname=smart_ai_hub_drill connect_timeout=2"
+    monkeypatch.setenv("BACKUP_DRILL_DSN", drill_dsn)
+    defs = build_defs(load_settings({**backup_env, "BACKUP_DRILL_DSN": drill_dsn}))
+    result = defs.resolve_job_def("restore_drill_job").execute_in_process(
+        instance=instance, raise_on_error=False)
+    assert not result.success
+    record = json.loads((Path(backup_env["BACKUP_DIR"]) / layout.LAST_DRILL_FILE).read_text())
+    assert record["ok"] is False and "error" in record

@@ -104,3 +104,14 @@ def test_sensors_are_on_by_default():
     defs = build_defs(load_settings({}))
     for name in ("backup_age_sensor", "backup_size_sensor", "backup_failure_alert_sensor"):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_an_alert_that_could_not_be_sent_is_tried_again(monitored, instance):
+    env, smtp = monitored
+    ticker = Ticker(env, "backup_age_sensor", instance)
+    smtp.recorder.refuse = 100
+    assert "ALERT sent (FAILED)" in ticker.tick()
+    smtp.recorder.refuse = 0
+    assert "ALERT sent (ok)" in ticker.tick()
+    assert "still open" in ticker.tick()
+    assert len(smtp.recorder.messages) == 1

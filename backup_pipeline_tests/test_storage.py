@@ -13,7 +13,7 @@ from pathlib import Path
 from backup_pipeline import layout
 from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.verify import verify_archive
-from backup_pipeline_tests.helpers import REPO, archives, run_backup
+from backup_pipeline_tests.helpers import BACKUP_PIPELINE, REPO, archives, run_backup
 
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
 
@@ -149,3 +149,27 @@ def test_dagster_job_execute_rejects_an_invalid_setting(backup_env, tmp_path):
     assert "BACKUP_TRANSACTION_MONTHS='three' is not valid" in output
     assert not Path(backup_env["BACKUP_DIR"]).exists()
     shutil.rmtree(tmp_path / "home")
+
+
+def test_retention_prunes_outbox_emails_with_the_archives(tmp_path):
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    old, new = outbox / "old_success.eml", outbox / "new_success.eml"
+    old.write_text("old")
+    new.write_text("new")
+    forty_days = (NOW - timedelta(days=40)).timestamp()
+    os.utime(old, (forty_days, forty_days))
+    storage = _storage(tmp_path, retention_days=30, outbox_dir=str(outbox))
+    storage.apply_retention(newest=_archive_at(tmp_path, 0), now=NOW)
+    assert not old.exists() and new.exists()
+
+
+def test_quickstart_refuses_a_folder_it_did_not_make(tmp_path):
+    precious = tmp_path / "backups"
+    precious.mkdir()
+    (precious / "critical_backup_20260101_020000.tar.gz").write_text("real archive")
+    done = subprocess.run([BACKUP_PIPELINE, "quickstart", "--dir", str(precious)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "refusing to use" in done.stderr
+    assert (precious / "critical_backup_20260101_020000.tar.gz").read_text() == "real archive"

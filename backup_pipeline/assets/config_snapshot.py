@@ -38,6 +38,13 @@ def snapshot_config(config_dir: Path, entries: tuple[str, ...], staging: Path) -
     files, missing = [], []
     for entry in entries:
         source = config_dir / entry.rstrip("/")
+        folder = source.is_dir()
+        if source.exists() and not os.access(source, os.R_OK | (os.X_OK if folder else 0)):
+            raise PermissionError(
+                f"{source} exists but the backup user (uid {os.getuid()}) cannot read it: make "
+                f"it readable, e.g. chgrp {os.getgid()} {source} && chmod "
+                f"g+r{'x' if folder else ''} {source}"
+            )
         if entry.endswith("/") or source.is_dir():
             if not source.is_dir():
                 missing.append(entry)

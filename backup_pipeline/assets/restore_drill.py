@@ -49,18 +49,21 @@ def restore_drill(context: dg.AssetExecutionContext, storage: BackupStorage,
     archive = newest_good_archive(storage)
     context.log.info(f"drill: restoring {archive.name} into {describe_target(dsn)}")
     started = time.monotonic()
-    drill.recreate(dsn)
-    report = restore_archive(archive, dsn, progress=context.log.info)
-    seconds = round(time.monotonic() - started, 2)
-    record = {
-        "archive": archive.name,
-        "finished_at": datetime.now(UTC).isoformat(),
-        "restore_seconds": seconds,
-        "ok": report.ok,
-        "rows": sum(t.restored for t in report.tables),
-    }
-    write_atomically(storage.ensure_root() / layout.LAST_DRILL_FILE,
-                     json.dumps(record, indent=2) + "\n", 0o644)
+    record = {"archive": archive.name, "ok": False, "rows": 0}
+    try:
+        drill.recreate(dsn)
+        report = restore_archive(archive, dsn, progress=context.log.info)
+        record.update(ok=report.ok, rows=sum(t.restored for t in report.tables))
+    except Exception as error:
+        record["error"] = str(error)
+        raise
+    finally:
+        # Written whatever happened: `status` must never show an old success after a failure.
+        record.update(finished_at=datetime.now(UTC).isoformat(),
+                      restore_seconds=round(time.monotonic() - started, 2))
+        write_atomically(storage.ensure_root() / layout.LAST_DRILL_FILE,
+                         json.dumps(record, indent=2) + "\n", 0o644)
+    seconds = record["restore_seconds"]
     context.log.info("drill comparison:\n" + report.table_text())
     if not report.ok:
         raise dg.Failure(

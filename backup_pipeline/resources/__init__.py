@@ -62,5 +62,6 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             min_size_mb=settings.min_size_mb,
             max_size_mb=settings.max_size_mb,
             disk_reserve_mb=settings.disk_reserve_mb,
+            outbox_dir=str(settings.outbox_dir),
         ),
     }

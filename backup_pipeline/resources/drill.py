@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import dagster as dg
 import psycopg
 from psycopg import sql
@@ -11,17 +9,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field
 
 from backup_pipeline.resources.postgres import PostgresResource
-
-
-def _addresses(host: str) -> set[str]:
-    """Every address `host` names (a socket folder stands for itself), loopbacks as one."""
-    if host.startswith("/"):
-        return {host}
-    try:
-        found = {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except OSError:
-        found = {host}
-    return {"loopback" if a.startswith("127.") or a == "::1" else a for a in found}
 
 
 class RestoreDrillTarget(dg.ConfigurableResource):
@@ -36,10 +23,9 @@ class RestoreDrillTarget(dg.ConfigurableResource):
                 "drop and recreate, e.g. host=localhost dbname=smart_ai_hub_drill user=postgres."
             )
         parts = conninfo_to_dict(self.dsn)
-        same_server = (_addresses(str(parts.get("host", "localhost")))
-                       & _addresses(production.host)
-                       and int(parts.get("port", 5432)) == production.port)
-        if not parts.get("dbname") or (same_server and parts["dbname"] == production.database):
+        # The database's name decides, whatever the host: a socket path, hostaddr or a host list
+        # can hide that two spellings reach the same server, and the drill drops its target.
+        if not parts.get("dbname") or parts["dbname"] == production.database:
             raise RuntimeError(
                 "BACKUP_DRILL_DSN names the production database (or no database at all): the "
                 "drill drops its target, so point it at a scratch database such as "

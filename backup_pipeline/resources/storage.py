@@ -72,6 +72,7 @@ class BackupStorage(dg.ConfigurableResource):
     min_size_mb: float = Field(default=1.0, description="BACKUP_MIN_SIZE_MB")
     max_size_mb: float = Field(default=100.0, description="BACKUP_MAX_SIZE_MB")
     disk_reserve_mb: int = Field(default=100, description="BACKUP_DISK_RESERVE_MB")
+    outbox_dir: str | None = Field(default=None, description="BACKUP_OUTBOX_DIR")
 
     _run_id: str | None = PrivateAttr(default=None)
 
@@ -213,9 +214,19 @@ class BackupStorage(dg.ConfigurableResource):
             path.unlink(missing_ok=True)
             deleted.append(path.name)
         self._remove_abandoned_partials(now)
+        self._prune_outbox(cutoff)
         if deleted:
             fsync_dir(self.root)
         return RetentionResult(kept=kept, deleted=deleted)
+
+    def _prune_outbox(self, cutoff: datetime) -> None:
+        """Emails written without SMTP carry the archive: they age out with the archives."""
+        outbox = Path(self.outbox_dir) if self.outbox_dir else None
+        if outbox is None or not outbox.is_dir():
+            return
+        for path in outbox.glob("*.eml"):
+            if path.is_file() and path.stat().st_mtime < cutoff.timestamp():
+                path.unlink(missing_ok=True)
 
     def _remove_abandoned_partials(self, now: datetime) -> None:
         """Temporary archives of runs killed a day ago or more (a crash, not a running backup)."""

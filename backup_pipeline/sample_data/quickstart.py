@@ -39,6 +39,10 @@ def _write_config(folder: Path) -> None:
 def run_quickstart(workdir: Path, scale: float, keep_server: bool) -> int:
     workdir = workdir.resolve()
     if workdir.exists():
+        if any(workdir.iterdir()) and not (workdir / "demo.env").exists():
+            print(f"refusing to use {workdir}: it is not empty and not an earlier quickstart "
+                  f"folder (no demo.env); pick another --dir", file=sys.stderr)
+            return 2
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     print("1/4 starting a throwaway PostgreSQL", flush=True)
