@@ -117,17 +117,34 @@ class ExportPlan:
             ts=sql.Identifier(windowed.timestamp_column), cutoff=sql.Literal(self.cutoff))
 
     def _older_referenced(self, windowed: WindowedTable, depth: int) -> sql.Composable | None:
-        """`(key) IN (...)` for the keys backed-up rows point at in this table, or None."""
+        """`(key) IN (...)` for the keys backed-up rows point at in this table, or None.
+
+        Keys other tables point at come from their backed-up rows (following chains across
+        tables to `depth`). Keys the table points at itself (a refund of an older purchase, a
+        parent row) are followed to the end of the chain with a recursive query.
+        """
         if depth <= 0:
             return None
+        table = windowed.table
         sources = {t.oid: (t, None) for t in self.critical}
         sources.update({w.table.oid: (w.table, w) for w in self.windowed})
+        into = [fk for fk in self.foreign_keys
+                if fk.target == table.oid and fk.source in sources]
+        own = [fk for fk in into if fk.source == table.oid]
         by_key: dict[tuple[str, ...], list[sql.Composable]] = {}
-        for fk in self.foreign_keys:
-            if fk.target != windowed.table.oid or fk.source not in sources:
-                continue
-            by_key.setdefault(fk.target_columns, []).append(
-                self._fk_values(fk, *sources[fk.source], depth))
+        for fk in into:
+            if fk not in own:
+                by_key.setdefault(fk.target_columns, []).append(
+                    self._fk_values(fk, *sources[fk.source], depth))
+        keys = {fk.target_columns for fk in own}
+        if own and len(keys) == 1 and len(next(iter(keys))) == 1 \
+                and set(by_key) <= keys and all(len(fk.source_columns) == 1 for fk in own):
+            key = next(iter(keys))
+            by_key[key] = [self._self_closure(windowed, own, by_key.get(key, []))]
+        else:
+            for fk in own:
+                by_key.setdefault(fk.target_columns, []).append(
+                    self._fk_values(fk, table, windowed, depth))
         if not by_key:
             return None
         return sql.SQL("({})").format(sql.SQL(" OR ").join(
@@ -135,6 +152,26 @@ class ExportPlan:
                 key=sql.SQL(", ").join(sql.Identifier(c) for c in key),
                 values=sql.SQL(" UNION ALL ").join(values))
             for key, values in by_key.items()))
+
+    def _self_closure(self, windowed: WindowedTable, own: list[ForeignKey],
+                      seeds: list[sql.Composable]) -> sql.Composable:
+        """Every key reachable through the table's own foreign keys from the window's rows and
+        from the keys other tables need: a chain of any length, each row looked up by its key."""
+        table = windowed.table
+        key = sql.Identifier(own[0].target_columns[0])
+        starts = [*seeds, *(
+            sql.SQL("SELECT {fk} FROM {src} WHERE {fk} IS NOT NULL AND {window}").format(
+                fk=sql.Identifier(fk.source_columns[0]), src=table.source,
+                window=self._in_window(windowed))
+            for fk in own)]
+        return sql.SQL(
+            "WITH RECURSIVE needed(k) AS ({starts} UNION SELECT link.k FROM {src} t "
+            "JOIN needed ON t.{key} = needed.k CROSS JOIN LATERAL (VALUES {links}) link(k) "
+            "WHERE link.k IS NOT NULL) SELECT k FROM needed"
+        ).format(starts=sql.SQL(" UNION ").join(starts), src=table.source, key=key,
+                 links=sql.SQL(", ").join(
+                     sql.SQL("(t.{})").format(sql.Identifier(fk.source_columns[0]))
+                     for fk in own))
 
     def _fk_values(self, fk: ForeignKey, source: TableInfo, windowed: WindowedTable | None,
                    depth: int) -> sql.Composable:

@@ -248,3 +248,24 @@ def test_a_failed_drill_is_recorded_as_failed(backup_env, instance, monkeypatch)
     assert not result.success
     record = json.loads((Path(backup_env["BACKUP_DIR"]) / layout.LAST_DRILL_FILE).read_text())
     assert record["ok"] is False and "error" in record
+
+
+def test_a_long_chain_of_older_rows_restores(backup_env, server, source_db, scratch_db,
+                                             instance):
+    """A recent refund of an old refund of an old refund ... : every link must be in the
+    archive, however long the chain, or the restored foreign key could not be created."""
+    dsn = server.dsn(source_db)
+    with psycopg.connect(dsn) as conn:
+        previous = None
+        for age_days in (400, 390, 380, 370, 360, 350, 1):
+            previous = conn.execute(
+                "INSERT INTO purchases (user_id, amount, status, refund_of, metadata, created_at) "
+                "VALUES (1, 5, 'refunded', %s, '{\"chain\": true}', "
+                "now() - make_interval(days => %s)) RETURNING id", (previous, age_days)
+            ).fetchone()[0]
+    assert run_backup(backup_env, instance).success
+    [made] = archives(backup_env["BACKUP_DIR"])
+    done = restore(made, server.dsn(scratch_db))
+    assert done.returncode == 0, done.stderr[-2000:]
+    restored = server.dsn(scratch_db)
+    assert scalar(restored, "SELECT count(*) FROM purchases WHERE metadata ? 'chain'") == 7
