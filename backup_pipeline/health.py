@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 import psycopg
 
 from backup_pipeline import layout
+from backup_pipeline.resources.storage import BackupStorage, read_last_success
 from backup_pipeline.settings import Settings
 
-MB = 1024 * 1024
 RUNS_FOR_RATE = 30
 JOB_NAME = "backup_job"
 
@@ -115,13 +115,7 @@ def _run_history(status: BackupStatus) -> None:
 def collect_status(settings: Settings, with_history: bool = True) -> BackupStatus:
     root = settings.backup_dir
     now = time.time()
-    found = []
-    if root.is_dir():
-        for path in root.iterdir():
-            moment = layout.archive_time(path.name, settings.timezone)
-            if moment is not None and path.is_file() and not path.is_symlink():
-                found.append((moment, path))
-    found.sort(reverse=True)
+    found = BackupStorage(backup_dir=str(root), timezone=settings.timezone).archives()
     last = _read_json(root / layout.LAST_BACKUP_FILE)
     newest = None
     if found:
@@ -132,8 +126,8 @@ def collect_status(settings: Settings, with_history: bool = True) -> BackupStatu
             verified = bool(last.get("verified")) and last.get("size_bytes") == size
         newest = ArchiveInfo(path.name, str(path), size, moment.isoformat(),
                              round((now - moment.timestamp()) / 3600, 2), verified)
-    success = _read_int(root / layout.LAST_SUCCESS_FILE)
-    free = shutil.disk_usage(root).free // MB if root.is_dir() else None
+    success = read_last_success(root)
+    free = shutil.disk_usage(root).free // layout.MB if root.is_dir() else None
     status = BackupStatus(
         backup_dir=str(root),
         newest_archive=newest,
@@ -179,7 +173,7 @@ def health_problems(settings: Settings, status: BackupStatus, check_database: bo
                         f"{settings.max_age_hours:g}: the last one finished {age:.1f} h ago")
     last = _read_json(settings.backup_dir / layout.LAST_BACKUP_FILE)
     if last and isinstance(last.get("size_bytes"), int):
-        size_mb = last["size_bytes"] / MB
+        size_mb = last["size_bytes"] / layout.MB
         if not settings.min_size_mb <= size_mb <= settings.max_size_mb:
             problems.append(
                 f"last backup {last.get('archive')} is {size_mb:.2f} MB, outside "

@@ -43,6 +43,7 @@ LOCK_FILE = ".backup.lock"
 STAGING_DIR = ".staging"
 
 MANIFEST_FORMAT = 1
+MB = 1024 * 1024
 # The last line of a per-table data file, with its row count: a truncated dump lacks it.
 END_OF_DATA = "-- end of data: "
 

@@ -16,10 +16,8 @@ from backup_pipeline.alerts import troubleshooting
 from backup_pipeline.emails.render import Notice, notice_email
 from backup_pipeline.hooks import send_failure_alert
 from backup_pipeline.resources.mailer import Mailer
-from backup_pipeline.resources.storage import BackupStorage
+from backup_pipeline.resources.storage import BackupStorage, read_last_success
 from backup_pipeline.settings import Settings
-
-MB = 1024 * 1024
 
 
 def _cursor(context: dg.SensorEvaluationContext) -> dict:
@@ -57,11 +55,7 @@ def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
                            f"BACKUP_MAX_AGE_HOURS={settings.max_age_hours:g} h, or there is none.")
     def backup_age_sensor(context: dg.SensorEvaluationContext, storage: BackupStorage,
                           mailer: Mailer) -> dg.SkipReason:
-        path = storage.root / layout.LAST_SUCCESS_FILE
-        try:
-            finished = int(path.read_text().strip())
-        except (OSError, ValueError):
-            finished = None
+        finished = read_last_success(storage.root)
         age = (time.time() - finished) / 3600 if finished else None
         if finished is None:
             problem, key = f"no verified backup has ever been made in {storage.root}", "never"
@@ -90,7 +84,7 @@ def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
         if not found:
             return dg.SkipReason("no archive yet (backup_age_sensor reports that)")
         newest = found[0][1]
-        size_mb = newest.stat().st_size / MB
+        size_mb = newest.stat().st_size / layout.MB
         problem = None
         if not settings.min_size_mb <= size_mb <= settings.max_size_mb:
             problem = (f"the newest archive {newest.name} is {size_mb:.2f} MB, outside "

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import jinja2
 
+from backup_pipeline import layout
 from backup_pipeline.resources.mailer import Mailer
-
-MB = 1024 * 1024
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("backup_pipeline.emails", "templates"),
@@ -51,7 +50,7 @@ class BackupSummary:
 
     @property
     def size_text(self) -> str:
-        return f"{self.size_bytes / MB:.2f} MB ({self.size_bytes:,} bytes)"
+        return f"{self.size_bytes / layout.MB:.2f} MB ({self.size_bytes:,} bytes)"
 
     @property
     def duration_text(self) -> str:
@@ -122,9 +121,9 @@ def _with_bodies(message: EmailMessage, name: str, context: dict) -> EmailMessag
 def success_email(mailer: Mailer, summary: BackupSummary, max_mb: float,
                   link: tuple[str, int] | None) -> EmailMessage:
     """Attach when the encoded message fits BACKUP_EMAIL_MAX_MB; otherwise link or path."""
-    limit = int(max_mb * MB)
+    limit = int(max_mb * layout.MB)
     subject = (f"Smart AI Hub backup OK: {summary.archive_name} "
-               f"({summary.size_bytes / MB:.1f} MB)")
+               f"({summary.size_bytes / layout.MB:.1f} MB)")
     summary.attached = True
     message = _with_bodies(mailer.new_message(subject), "success", {"s": summary})
     if len(message.as_bytes()) + encoded_size(summary.size_bytes) < limit:

@@ -25,8 +25,6 @@ from pydantic import Field, PrivateAttr
 
 from backup_pipeline import layout
 
-MB = 1024 * 1024
-
 
 class DiskSpaceError(RuntimeError):
     """Not enough free space in BACKUP_DIR for the expected backup."""
@@ -36,6 +34,14 @@ class DiskSpaceError(RuntimeError):
 class RetentionResult:
     kept: list[str]
     deleted: list[str]
+
+
+def read_last_success(backup_dir: Path) -> int | None:
+    """The unix time in BACKUP_DIR/.last_backup_success, or None when missing or unreadable."""
+    try:
+        return int((backup_dir / layout.LAST_SUCCESS_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def fsync_dir(path: Path) -> None:
@@ -117,13 +123,14 @@ class BackupStorage(dg.ConfigurableResource):
         self.ensure_root()
         free = shutil.disk_usage(self.root).free
         # Staged files plus the archive itself, at most the same size again, plus the reserve.
-        needed = 2 * expected_bytes + self.disk_reserve_mb * MB
+        needed = 2 * expected_bytes + self.disk_reserve_mb * layout.MB
         if free < needed:
             raise DiskSpaceError(
                 f"not enough free disk in BACKUP_DIR {self.root}: the backup needs about "
-                f"{math.ceil(needed / MB)} MB ({math.ceil(expected_bytes / MB)} MB of data staged "
+                f"{math.ceil(needed / layout.MB)} MB "
+                f"({math.ceil(expected_bytes / layout.MB)} MB of data staged "
                 f"and archived, plus BACKUP_DISK_RESERVE_MB={self.disk_reserve_mb}) but only "
-                f"{free // MB} MB are free. Free space by hand (df -h {self.root}; move old "
+                f"{free // layout.MB} MB are free. Free space by hand (df -h {self.root}; move old "
                 f"archives elsewhere), then run the backup again."
             )
         return free
@@ -174,16 +181,11 @@ class BackupStorage(dg.ConfigurableResource):
 
     def write_status(self, archive: Path, size_bytes: int, sha256: str, finished: float) -> None:
         """The seeds' status files, only ever moved forward, written atomically."""
-        last_file = self.root / layout.LAST_SUCCESS_FILE
-        try:
-            previous = int(last_file.read_text().strip())
-        except (OSError, ValueError):
-            previous = 0
-        if int(finished) < previous:
+        if int(finished) < (read_last_success(self.root) or 0):
             return
-        write_atomically(last_file, f"{int(finished)}\n", 0o644)
+        write_atomically(self.root / layout.LAST_SUCCESS_FILE, f"{int(finished)}\n", 0o644)
         write_atomically(
-            self.root / layout.LAST_SIZE_FILE, f"{math.ceil(size_bytes / MB)}\n", 0o644
+            self.root / layout.LAST_SIZE_FILE, f"{math.ceil(size_bytes / layout.MB)}\n", 0o644
         )
         write_atomically(
             self.root / layout.LAST_BACKUP_FILE,
