@@ -84,14 +84,12 @@ class ExportPlan:
             total += int(table.size_bytes * share)
         return total
 
-    def critical_copy(self, table: TableInfo) -> sql.Composable:
-        """COPY text format: the same data section pg_dump writes, loadable by psql."""
-        return sql.SQL("COPY (SELECT {cols} FROM {src}) TO STDOUT").format(
-            cols=table.column_list, src=table.source
-        )
+    def critical_query(self, table: TableInfo) -> sql.Composable:
+        """Every row of a critical table (COPY text format makes pg_dump's data section)."""
+        return sql.SQL("SELECT {cols} FROM {src}").format(cols=table.column_list, src=table.source)
 
-    def window_copy(self, windowed: WindowedTable) -> sql.Composable:
-        """COPY CSV with a header of the window plus every row a backed-up row references.
+    def window_query(self, windowed: WindowedTable) -> sql.Composable:
+        """The window plus every row a backed-up row references (written out as CSV).
 
         Written as two index-friendly halves, so the cost follows the backed-up rows and not
         the table: the window by its timestamp index, then the older rows that are referenced,
@@ -106,7 +104,7 @@ class ExportPlan:
                 " UNION ALL SELECT {cols} FROM {src} WHERE ({window}) IS NOT TRUE AND {older}"
             ).format(cols=table.column_list, src=table.source,
                      window=self._in_window(windowed), older=older)
-        return sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(selected)
+        return selected
 
     def window_count(self, windowed: WindowedTable) -> sql.Composable:
         return sql.SQL("SELECT count(*) FROM {src} WHERE {window}").format(

@@ -7,6 +7,7 @@ still has its own asset key, so the UI shows lineage, row counts and checksums p
 
 
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -89,8 +90,9 @@ def export_specs(settings: Settings) -> list[dg.AssetSpec]:
     ]
 
 
-# Tables are read by this many sessions at once, all inside the same snapshot.
-EXPORT_WORKERS = 2
+# Tables are read by this many sessions at once, all inside the same snapshot. The server's CPU
+# is what they share, so more sessions than cores only make each one slower.
+EXPORT_WORKERS = max(2, min(4, os.cpu_count() or 1))
 
 
 @dataclass
@@ -120,12 +122,12 @@ class _Exported:
         return dg.MaterializeResult(asset_key=key, metadata=metadata)
 
 
-def _export_one(reader: Snapshot, plan: ExportPlan, item, staging: Path) -> _Exported:
+def _export_one(snap: Snapshot, plan: ExportPlan, item, staging: Path) -> _Exported:
     started = time.monotonic()
     if isinstance(item, WindowedTable):
         table = item.table
         path = layout.csv_path(table.qualified)
-        result = write_window_csv(reader, plan, item, staging / path)
+        result = write_window_csv(snap, plan, item, staging / path)
         in_window = plan.rows_in_window[table.oid]
         entry = {"table": table.qualified, "kind": "transactions", "path": path,
                  "rows": result.rows, "rows_in_window": in_window,
@@ -133,7 +135,7 @@ def _export_one(reader: Snapshot, plan: ExportPlan, item, staging: Path) -> _Exp
                  "timestamp_column": item.timestamp_column, "columns": list(table.columns)}
     else:
         path = layout.dump_path(item.qualified)
-        result = write_table_dump(reader, plan, item, staging / path)
+        result = write_table_dump(snap, plan, item, staging / path)
         entry = {"table": item.qualified, "kind": "critical", "path": path,
                  "rows": result.rows, "columns": list(item.columns)}
     return _Exported(entry, _file_record(path, result), result.sha256, result.size,
@@ -142,32 +144,25 @@ def _export_one(reader: Snapshot, plan: ExportPlan, item, staging: Path) -> _Exp
 
 def _export_tables(snap: Snapshot, plan: ExportPlan, staging: Path, workers: int
                    ) -> list[_Exported]:
-    """Every table, largest first, shared among `workers` sessions of the same snapshot.
+    """Every table, each taken by the next free session of the same snapshot.
 
+    The windows go first, largest first: their look-ups of older referenced rows make them the
+    longest reads, and starting them last would leave one session working alone at the end.
     Results come back in the configured order, so the manifest does not depend on timing.
     """
     items: list = [*plan.critical, *plan.windowed]
+
     def size(item) -> float:
         if isinstance(item, WindowedTable):
             share = plan.rows_in_window[item.table.oid] / item.table.estimated_rows
             return item.table.size_bytes * min(1.0, share)
         return item.size_bytes
 
-    queues: list[list[int]] = [[] for _ in range(max(1, workers))]
-    loads = [0.0] * len(queues)
-    for index in sorted(range(len(items)), key=lambda i: size(items[i]), reverse=True):
-        lightest = loads.index(min(loads))
-        queues[lightest].append(index)
-        loads[lightest] += size(items[index])
-
-    def work(indexes: list[int]) -> dict[int, _Exported]:
-        with snap.reader() as reader:
-            return {i: _export_one(reader, plan, items[i], staging) for i in indexes}
-
-    done: dict[int, _Exported] = {}
-    with ThreadPoolExecutor(max_workers=len(queues)) as pool:
-        for part in pool.map(work, [q for q in queues if q]):
-            done.update(part)
+    order = sorted(range(len(items)), reverse=True,
+                   key=lambda i: (isinstance(items[i], WindowedTable), size(items[i])))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        done = dict(zip(order, pool.map(
+            lambda i: _export_one(snap, plan, items[i], staging), order), strict=True))
     return [done[i] for i in range(len(items))]
 
 

@@ -1,8 +1,8 @@
 """Critical tables: every row, as plain SQL that `psql` loads (`COPY ... FROM stdin`).
 
-The format is the data section pg_dump itself writes, produced through psycopg's COPY inside the
-run's snapshot: one step for all tables instead of one pg_dump process per table, streamed from
-the server to the file without holding a table in memory.
+The format is the data section pg_dump itself writes, produced by COPY inside the run's snapshot:
+one step for all tables instead of one pg_dump process per table, streamed from the server to the
+file without holding a table in memory.
 """
 
 
@@ -13,6 +13,7 @@ import dagster as dg
 from backup_pipeline import layout
 from backup_pipeline.export_plan import ExportPlan, TableInfo
 from backup_pipeline.resources.postgres import CopyResult, HashingWriter, Snapshot
+from backup_pipeline.rows import TextRows
 from backup_pipeline.settings import Settings
 
 DUMPS_PREFIX = "dumps"
@@ -49,7 +50,7 @@ def write_table_dump(snapshot: Snapshot, plan: ExportPlan, table: TableInfo, tar
     with target.open("wb") as handle:
         writer = HashingWriter(handle)
         writer.write(header.encode())
-        rows = snapshot.copy_to(plan.critical_copy(table), writer)
+        rows = snapshot.copy_to(plan.critical_query(table), writer, TextRows())
         writer.write(f"\\.\n\n{layout.END_OF_DATA}{rows} rows\n".encode())
     return CopyResult(rows=rows, size=writer.size, sha256=writer.sha256)
 
