@@ -9,6 +9,8 @@ row count. Memory stays flat: files are hashed and parsed as they stream.
 
 from __future__ import annotations
 
+import codecs
+import csv
 import gzip
 import hashlib
 import io
@@ -23,7 +25,6 @@ from isal import igzip_threaded, isal_zlib
 
 from backup_pipeline import layout
 from backup_pipeline.resources.postgres import PG_DUMP_COMPLETE
-from backup_pipeline.rows import CsvRows
 
 CHUNK = 1 << 20
 
@@ -146,6 +147,68 @@ def _check_pg_dump(stream: io.BufferedReader) -> str | None:
     if PG_DUMP_COMPLETE.encode() not in tail:
         return f"it does not end with {PG_DUMP_COMPLETE!r}: the schema dump is truncated"
     return None
+
+
+class CsvRows:
+    """PostgreSQL's CSV with a header: UTF-8, every quoted field closed, rows after the header.
+
+    A quote opens or closes a quoted field (a doubled quote inside one toggles twice), and only a
+    newline outside quotes ends a row: splitting a block on quotes and counting the newlines in
+    the quoted parts gives the row ends without looking at a row at a time.
+    """
+
+    def __init__(self) -> None:
+        self.newlines = 0
+        self._in_quotes = False
+        self._head = b""
+        self._last = b""
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._utf8_error: str | None = None
+
+    def feed(self, block: bytes) -> None:
+        if not block:
+            return
+        if self._utf8_error is None:
+            try:
+                self._decoder.decode(block)
+            except UnicodeDecodeError as error:
+                self._utf8_error = str(error)
+        if self.newlines == 0:
+            self._head += block
+        self._last = block[-1:]
+        if not self._in_quotes and b'"' not in block:
+            self.newlines += block.count(b"\n")
+            return
+        parts = block.split(b'"')
+        quoted = b"".join(parts[0 if self._in_quotes else 1::2])
+        self.newlines += block.count(b"\n") - quoted.count(b"\n")
+        self._in_quotes ^= len(parts) % 2 == 0
+
+    @property
+    def header(self) -> list[str]:
+        text = self._head.decode("utf-8", "replace")
+        return next(csv.reader(io.StringIO(text, newline="")), [])
+
+    @property
+    def rows(self) -> int:
+        """Data rows: the header line is not one."""
+        return max(0, self.newlines - 1)
+
+    def problem(self, columns: list[str] | None = None) -> str | None:
+        if self._utf8_error is None:
+            try:
+                self._decoder.decode(b"", final=True)
+            except UnicodeDecodeError as error:
+                self._utf8_error = str(error)
+        if self._utf8_error:
+            return f"it is not valid UTF-8: {self._utf8_error}"
+        if not self._head:
+            return "it is empty: not even a header"
+        if self._in_quotes or self._last != b"\n":
+            return "its last row is cut off (an unclosed quote or no final newline): truncated"
+        if columns is not None and self.header != columns:
+            return f"its header {self.header} differs from the table's columns {columns}"
+        return None
 
 
 def _check_csv(stream: io.BufferedReader, columns: list[str] | None, rows: int | None

@@ -97,8 +97,8 @@ rm -rf "$work"
 
 def floor_script(dsn: str) -> str:
     """A psql script copying exactly the pipeline's data to /dev/null, by the pipeline's queries."""
-    settings = load_settings({**os.environ, "POSTGRES_DB": DB, "POSTGRES_HOST": "x",
-                              "POSTGRES_USER": "x", "BACKUP_DIR": "/tmp"})
+    settings = load_settings({"POSTGRES_HOST": "-", "POSTGRES_DB": DB, "POSTGRES_USER": "-",
+                              "BACKUP_DIR": tempfile.gettempdir()})
     with psycopg.connect(dsn) as conn:
         cutoff = conn.execute("SELECT now() - interval '3 months'").fetchone()[0]
         plan = build_plan(conn, settings, cutoff)
@@ -172,7 +172,8 @@ def run_scale(scale: float, repeats: int, workdir: Path) -> dict:
         with psycopg.connect(cluster.dsn(DB), autocommit=True) as conn:
             create_schema(conn)
             load_sample_data(conn, scale=scale)
-        print(f"scale {scale:g}: generated {database_size_mb(cluster.dsn(DB))} MB in "
+        generated_mb = database_size_mb(cluster.dsn(DB))
+        print(f"scale {scale:g}: generated {generated_mb} MB in "
               f"{time.monotonic() - generated:.0f} s", flush=True)
         config = workdir / "config"
         (config / "ssl").mkdir(parents=True, exist_ok=True)
@@ -292,6 +293,7 @@ def run_scale(scale: float, repeats: int, workdir: Path) -> dict:
             "change": round(after / pipe - 1, 3),
             "runs": more,
         }
+        summary["database_mb_generated"] = generated_mb
         summary["database_mb"] = database_size_mb(cluster.dsn(DB))
         return summary
     finally:

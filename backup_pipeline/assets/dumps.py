@@ -13,7 +13,6 @@ import dagster as dg
 from backup_pipeline import layout
 from backup_pipeline.export_plan import ExportPlan, TableInfo
 from backup_pipeline.resources.postgres import CopyResult, HashingWriter, Snapshot
-from backup_pipeline.rows import TextRows
 from backup_pipeline.settings import Settings
 
 DUMPS_PREFIX = "dumps"
@@ -50,7 +49,7 @@ def write_table_dump(snapshot: Snapshot, plan: ExportPlan, table: TableInfo, tar
     with target.open("wb") as handle:
         writer = HashingWriter(handle)
         writer.write(header.encode())
-        rows = snapshot.copy_to(plan.critical_query(table), writer, TextRows())
+        rows = snapshot.copy_to(plan.critical_query(table), writer)
         writer.write(f"\\.\n\n{layout.END_OF_DATA}{rows} rows\n".encode())
     return CopyResult(rows=rows, size=writer.size, sha256=writer.sha256)
 

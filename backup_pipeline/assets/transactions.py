@@ -13,7 +13,6 @@ import dagster as dg
 from backup_pipeline import layout
 from backup_pipeline.export_plan import ExportPlan, WindowedTable
 from backup_pipeline.resources.postgres import CopyResult, HashingWriter, Snapshot
-from backup_pipeline.rows import CsvRows
 from backup_pipeline.settings import Settings
 
 TRANSACTIONS_PREFIX = "transactions"
@@ -56,5 +55,5 @@ def write_window_csv(snapshot: Snapshot, plan: ExportPlan, windowed: WindowedTab
                      ) -> CopyResult:
     with target.open("wb") as handle:
         writer = HashingWriter(handle)
-        rows = snapshot.copy_to(plan.window_query(windowed), writer, CsvRows(), csv_header=True)
+        rows = snapshot.copy_to(plan.window_query(windowed), writer, csv_header=True)
     return CopyResult(rows=rows, size=writer.size, sha256=writer.sha256)
