@@ -93,17 +93,14 @@ class ExportPlan:
 
         Written as two index-friendly halves, so the cost follows the backed-up rows and not
         the table: the window by its timestamp index, then the older rows that are referenced,
-        looked up by their key. (One WHERE with an OR would scan the whole table.)
+        looked up by their key (see `_older_rows`).
         """
         table = windowed.table
         selected = sql.SQL("SELECT {cols} FROM {src} WHERE {window}").format(
             cols=table.column_list, src=table.source, window=self._in_window(windowed))
-        older = self._older_referenced(windowed, len(self.windowed))
+        older = self._older_rows(windowed, len(self.windowed), list(table.columns))
         if older is not None:
-            selected = selected + sql.SQL(
-                " UNION ALL SELECT {cols} FROM {src} WHERE ({window}) IS NOT TRUE AND {older}"
-            ).format(cols=table.column_list, src=table.source,
-                     window=self._in_window(windowed), older=older)
+            selected = selected + sql.SQL(" UNION ALL ") + older
         return selected
 
     def window_count(self, windowed: WindowedTable) -> sql.Composable:
@@ -114,15 +111,66 @@ class ExportPlan:
         return sql.SQL("{ts} >= {cutoff}").format(
             ts=sql.Identifier(windowed.timestamp_column), cutoff=sql.Literal(self.cutoff))
 
-    def _older_referenced(self, windowed: WindowedTable, depth: int) -> sql.Composable | None:
-        """`(key) IN (...)` for the keys backed-up rows point at in this table, or None.
+    def _older_rows(self, windowed: WindowedTable, depth: int, columns: list[str],
+                    not_null: bool = False) -> sql.Composable | None:
+        """SELECT `columns` of the rows before the window that backed-up rows reference, or None.
+
+        Each row is looked up by its key, the keys in ascending order (a LATERAL subquery with
+        LIMIT 1 keeps the planner from hashing the whole table instead): the lookups then walk
+        the key index and, for keys that grow with time, the table in order, so the cost follows
+        the rows backed up, at any size. (Hashing the table read the older data that is not
+        backed up; looking keys up in hash order read pages at random and grew faster than the
+        data: 5.7 of 11 s on a 5 GB database.) With `not_null`, rows with a NULL in `columns`
+        are left out (they reference nothing).
+        """
+        by_key = self._referenced_keys(windowed, depth)
+        if not by_key:
+            return None
+        table = windowed.table
+        outer = sql.SQL(", ").join(sql.Identifier("t", c) for c in columns)
+        filled = sql.SQL(" AND ").join(
+            sql.SQL("{} IS NOT NULL").format(sql.Identifier("t", c)) for c in columns)
+        if len(by_key) > 1:
+            # Foreign keys into different unique columns: one row may be referenced by several;
+            # one scan with OR keeps each row once.
+            query = sql.SQL("SELECT {outer} FROM {src} t WHERE ({window}) IS NOT TRUE AND ({any})"
+                            ).format(outer=outer, src=table.source,
+                                     window=self._in_window(windowed), any=sql.SQL(" OR ").join(
+                                         self._in_keys(key, values)
+                                         for key, values in by_key.items()))
+            return query + (sql.SQL(" AND ") + filled if not_null else sql.SQL(""))
+        [(key, values)] = by_key.items()
+        names = [sql.Identifier(f"backup_key_{i}") for i in range(len(key))]
+        query = sql.SQL(
+            "SELECT {outer} FROM (SELECT {names} FROM ({values}) v({names}) GROUP BY {names} "
+            "ORDER BY {names}) keys CROSS JOIN LATERAL (SELECT * FROM {src} r "
+            "WHERE ({row_key}) = ({wanted}) AND ({window}) IS NOT TRUE LIMIT 1) t"
+        ).format(
+            outer=outer, names=sql.SQL(", ").join(names),
+            values=sql.SQL(" UNION ALL ").join(values), src=table.source,
+            row_key=sql.SQL(", ").join(sql.Identifier("r", c) for c in key),
+            wanted=sql.SQL(", ").join(sql.SQL("keys.{}").format(n) for n in names),
+            window=self._in_window(windowed),
+        )
+        return query + (sql.SQL(" WHERE ") + filled if not_null else sql.SQL(""))
+
+    @staticmethod
+    def _in_keys(key: tuple[str, ...], values: list[sql.Composable]) -> sql.Composable:
+        return sql.SQL("({key}) IN ({values})").format(
+            key=sql.SQL(", ").join(sql.Identifier(c) for c in key),
+            values=sql.SQL(" UNION ALL ").join(values))
+
+    def _referenced_keys(self, windowed: WindowedTable, depth: int
+                         ) -> dict[tuple[str, ...], list[sql.Composable]]:
+        """The keys backed-up rows point at in this table, by referenced columns: queries whose
+        union lists them (with repeats).
 
         Keys other tables point at come from their backed-up rows (following chains across
         tables to `depth`). Keys the table points at itself (a refund of an older purchase, a
         parent row) are followed to the end of the chain with a recursive query.
         """
         if depth <= 0:
-            return None
+            return {}
         table = windowed.table
         sources = {t.oid: (t, None) for t in self.critical}
         sources.update({w.table.oid: (w.table, w) for w in self.windowed})
@@ -143,13 +191,7 @@ class ExportPlan:
             for fk in own:
                 by_key.setdefault(fk.target_columns, []).append(
                     self._fk_values(fk, table, windowed, depth))
-        if not by_key:
-            return None
-        return sql.SQL("({})").format(sql.SQL(" OR ").join(
-            sql.SQL("({key}) IN ({values})").format(
-                key=sql.SQL(", ").join(sql.Identifier(c) for c in key),
-                values=sql.SQL(" UNION ALL ").join(values))
-            for key, values in by_key.items()))
+        return by_key
 
     def _self_closure(self, windowed: WindowedTable, own: list[ForeignKey],
                       seeds: list[sql.Composable]) -> sql.Composable:
@@ -182,12 +224,9 @@ class ExportPlan:
                 cols=cols, src=source.source, nn=not_null)
         query = sql.SQL("SELECT {cols} FROM {src} WHERE {nn} AND {window}").format(
             cols=cols, src=source.source, nn=not_null, window=self._in_window(windowed))
-        older = self._older_referenced(windowed, depth - 1)
+        older = self._older_rows(windowed, depth - 1, list(fk.source_columns), not_null=True)
         if older is not None:
-            query = query + sql.SQL(
-                " UNION ALL SELECT {cols} FROM {src} WHERE {nn} AND ({window}) IS NOT TRUE "
-                "AND {older}").format(cols=cols, src=source.source, nn=not_null,
-                                      window=self._in_window(windowed), older=older)
+            query = query + sql.SQL(" UNION ALL ") + older
         return query
 
 

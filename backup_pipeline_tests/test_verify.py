@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from backup_pipeline.assets.checks import check_results
-from backup_pipeline.verify import verify_archive
+from backup_pipeline.verify import CsvRows, verify_archive
 from backup_pipeline_tests.helpers import BACKUP_PIPELINE
 
 
@@ -142,3 +142,41 @@ def test_cli_verify_exit_status(archive, tmp_path):
     assert any(line.startswith("FAIL") and line.endswith("database/roles.sql")
                for line in tampered.stdout.splitlines())
     assert "database/roles.sql does not match the manifest" in tampered.stderr
+
+
+def _csv_rows(data: bytes, block: int) -> CsvRows:
+    counter = CsvRows()
+    for start in range(0, len(data), block):
+        counter.feed(data[start:start + block])
+    return counter
+
+
+SAMPLE_CSV = (
+    'id,note,amount\n'
+    '1,plain,10\n'
+    '2,"with, comma",20\n'
+    '3,"two\nlines",30\n'
+    '4,"a ""quoted"" word\nand a newline",40\n'
+    '5,"ünïcødé ✓",50\n'
+    '6,,60\n'
+).encode()
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64, 1 << 20])
+def test_csv_rows_are_counted_outside_quotes_whatever_the_blocks(block):
+    """Quotes, doubled quotes, newlines in values and multi-byte characters split anywhere."""
+    counter = _csv_rows(SAMPLE_CSV, block)
+    assert counter.problem(["id", "note", "amount"]) is None
+    assert counter.rows == 6
+
+
+@pytest.mark.parametrize(("data", "columns", "expected"), [
+    (b"", None, "empty"),
+    (SAMPLE_CSV[:-1], None, "cut off"),
+    (SAMPLE_CSV[:SAMPLE_CSV.index(b"lines")], None, "cut off"),
+    (SAMPLE_CSV.replace("ünïcødé".encode(), b"\xff\xfe"), None, "UTF-8"),
+    (SAMPLE_CSV[:SAMPLE_CSV.index("✓".encode()) + 1], None, "UTF-8"),
+    (SAMPLE_CSV, ["id", "amount"], "header"),
+])
+def test_broken_csv_is_named(data, columns, expected):
+    assert expected in (_csv_rows(data, 5).problem(columns) or "")
