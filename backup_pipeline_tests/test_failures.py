@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from pathlib import Path
 
 import psycopg
+import pytest
+from psycopg import sql
 
 from backup_pipeline import layout
+from backup_pipeline.resources.postgres import HashingWriter, PostgresResource
 from backup_pipeline_tests.helpers import archives, run_backup
 
 
@@ -142,3 +146,49 @@ def test_a_backup_dir_that_is_a_file_is_named(backup_env, instance, tmp_path):
     result = run_backup(env, instance)
     assert not result.success
     assert "file_not_dir" in _failure_text(result, instance)
+
+
+def _postgres(server, database: str) -> PostgresResource:
+    return PostgresResource(host=server.host, port=server.port, database=database,
+                            user=server.user, password=server.password)
+
+
+def test_a_failed_table_read_names_psql_and_the_error(server, source_db):
+    """A read that fails says which query, which server and psql's own error; the snapshot
+    stays usable, and a good read returns the server's row count."""
+    with _postgres(server, source_db).snapshot() as snap:
+        with pytest.raises(RuntimeError, match=r"psql exit status [1-9].*division by zero"):
+            snap.copy_to(sql.SQL("SELECT 1 / (count(*) - count(*)) FROM users"),
+                         HashingWriter(io.BytesIO()))
+        out = io.BytesIO()
+        rows = snap.copy_to(sql.SQL("SELECT id FROM users"), HashingWriter(out))
+        expected = snap.connection.execute("SELECT count(*) FROM users").fetchone()[0]
+    assert rows == expected == out.getvalue().count(b"\n")
+
+
+def test_the_password_is_never_in_a_readers_argv(server, source_db):
+    """psql gets the password through its environment; its command line never holds it."""
+    seen: list[bytes] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for entry in Path("/proc").iterdir():
+                try:
+                    cmdline = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"psql" in cmdline and b"SET TRANSACTION SNAPSHOT" in cmdline:
+                    seen.append(cmdline)
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with _postgres(server, source_db).snapshot() as snap:
+            snap.copy_to(sql.SQL("SELECT pg_sleep(0.5)"), HashingWriter(io.BytesIO()))
+    finally:
+        done.set()
+        watcher.join()
+    assert seen, "the reader's psql process was never seen"
+    assert not any(server.password.encode() in cmdline for cmdline in seen)
