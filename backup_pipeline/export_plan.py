@@ -89,19 +89,25 @@ class ExportPlan:
         return sql.SQL("SELECT {cols} FROM {src}").format(cols=table.column_list, src=table.source)
 
     def window_query(self, windowed: WindowedTable) -> sql.Composable:
-        """The window plus every row a backed-up row references (written out as CSV).
+        """The window plus every row a backed-up row references (written out as CSV)."""
+        return sql.SQL(" UNION ALL ").join(self.window_parts(windowed))
 
-        Written as two index-friendly halves, so the cost follows the backed-up rows and not
-        the table: the window by its timestamp index, then the older rows that are referenced,
-        looked up by their key (see `_older_rows`).
+    def window_parts(self, windowed: WindowedTable) -> list[sql.Composable]:
+        """The window's rows, then (when backed-up rows reference older ones) the older rows.
+
+        Two index-friendly halves, so the cost follows the backed-up rows and not the table:
+        the window by its timestamp index, then the older rows that are referenced, looked up
+        by their key (see `_older_rows`). The export reads them in separate sessions at once and
+        writes the second after the first, in the same file.
         """
         table = windowed.table
-        selected = sql.SQL("SELECT {cols} FROM {src} WHERE {window}").format(
-            cols=table.column_list, src=table.source, window=self._in_window(windowed))
+        parts: list[sql.Composable] = [
+            sql.SQL("SELECT {cols} FROM {src} WHERE {window}").format(
+                cols=table.column_list, src=table.source, window=self._in_window(windowed))]
         older = self._older_rows(windowed, len(self.windowed), list(table.columns))
         if older is not None:
-            selected = selected + sql.SQL(" UNION ALL ") + older
-        return selected
+            parts.append(older)
+        return parts
 
     def window_count(self, windowed: WindowedTable) -> sql.Composable:
         return sql.SQL("SELECT count(*) FROM {src} WHERE {window}").format(
@@ -142,7 +148,7 @@ class ExportPlan:
         [(key, values)] = by_key.items()
         names = [sql.Identifier(f"backup_key_{i}") for i in range(len(key))]
         query = sql.SQL(
-            "SELECT {outer} FROM (SELECT {names} FROM ({values}) v({names}) GROUP BY {names} "
+            "SELECT {outer} FROM (SELECT DISTINCT {names} FROM ({values}) v({names}) "
             "ORDER BY {names}) keys CROSS JOIN LATERAL (SELECT * FROM {src} r "
             "WHERE ({row_key}) = ({wanted}) AND ({window}) IS NOT TRUE LIMIT 1) t"
         ).format(

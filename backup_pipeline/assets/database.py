@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+from psycopg import sql
 
 from backup_pipeline import layout
 from backup_pipeline.assets.dumps import dump_key, dump_specs, write_table_dump
@@ -21,10 +22,11 @@ from backup_pipeline.assets.transactions import (
     transaction_key,
     transaction_specs,
     window_cutoff,
-    write_window_csv,
+    write_window_part,
 )
-from backup_pipeline.export_plan import ExportPlan, WindowedTable, build_plan
+from backup_pipeline.export_plan import ExportPlan, TableInfo, WindowedTable, build_plan
 from backup_pipeline.resources.postgres import (
+    COPY_BLOCK,
     CopyResult,
     HashingWriter,
     PostgresResource,
@@ -122,48 +124,95 @@ class _Exported:
         return dg.MaterializeResult(asset_key=key, metadata=metadata)
 
 
-def _export_one(snap: Snapshot, plan: ExportPlan, item, staging: Path) -> _Exported:
-    started = time.monotonic()
+@dataclass
+class _Read:
+    """One read of the export: a critical table, or one part of a window (its rows, or the
+    older rows they reference), written to `target` by one session of the snapshot."""
+
+    index: int
+    item: TableInfo | WindowedTable
+    part: int
+    select: sql.Composable | None
+    target: Path
+    cost: float
+    rows: int = 0
+    writer: HashingWriter | None = None
+    seconds: float = 0.0
+
+    def run(self, snap: Snapshot, plan: ExportPlan) -> None:
+        started = time.monotonic()
+        if isinstance(self.item, WindowedTable):
+            assert self.select is not None
+            self.rows, self.writer = write_window_part(snap, self.select, self.target,
+                                                       header=self.part == 0)
+        else:
+            result, self.writer = write_table_dump(snap, plan, self.item, self.target)
+            self.rows = result.rows
+        self.seconds = time.monotonic() - started
+
+
+def _reads(plan: ExportPlan, staging: Path) -> list[_Read]:
+    """Every read, the longest first: a window's older rows are looked up key by key, so they
+    go first and in their own session, beside the window itself; the rest by size. One
+    session left working alone at the end is what makes an export slow."""
+    reads: list[_Read] = []
+    for index, table in enumerate(plan.critical):
+        reads.append(_Read(index, table, 0, None, staging / layout.dump_path(table.qualified),
+                           cost=table.size_bytes))
+    for offset, windowed in enumerate(plan.windowed):
+        table = windowed.table
+        share = min(1.0, plan.rows_in_window[table.oid] / table.estimated_rows)
+        path = staging / layout.csv_path(table.qualified)
+        for part, select in enumerate(plan.window_parts(windowed)):
+            target = path if part == 0 else path.with_name(f"{path.name}.part{part}")
+            reads.append(_Read(len(plan.critical) + offset, windowed, part, select, target,
+                               cost=table.size_bytes * (share if part == 0 else 1.0)))
+    return sorted(reads, key=lambda r: (r.part > 0, r.cost), reverse=True)
+
+
+def _assemble(plan: ExportPlan, reads: list[_Read], staging: Path) -> _Exported:
+    """One table's file from its reads: a window's later parts are appended to the first,
+    the hash going on over them, so the CSV has one header and the rows of all parts."""
+    first = reads[0]
+    assert first.writer is not None
+    writer, rows = first.writer, sum(r.rows for r in reads)
+    if len(reads) > 1:
+        with first.target.open("ab") as handle:
+            writer = first.writer.resume(handle)
+            for later in reads[1:]:
+                with later.target.open("rb") as part:
+                    for block in iter(lambda: part.read(COPY_BLOCK), b""):
+                        writer.write(block)
+                later.target.unlink()
+    item = first.item
+    path = first.target.relative_to(staging).as_posix()
+    result = CopyResult(rows=rows, size=writer.size, sha256=writer.sha256)
     if isinstance(item, WindowedTable):
         table = item.table
-        path = layout.csv_path(table.qualified)
-        result = write_window_csv(snap, plan, item, staging / path)
         in_window = plan.rows_in_window[table.oid]
         entry = {"table": table.qualified, "kind": "transactions", "path": path,
-                 "rows": result.rows, "rows_in_window": in_window,
-                 "rows_referenced_before_window": result.rows - in_window,
+                 "rows": rows, "rows_in_window": in_window,
+                 "rows_referenced_before_window": rows - in_window,
                  "timestamp_column": item.timestamp_column, "columns": list(table.columns)}
     else:
-        path = layout.dump_path(item.qualified)
-        result = write_table_dump(snap, plan, item, staging / path)
         entry = {"table": item.qualified, "kind": "critical", "path": path,
-                 "rows": result.rows, "columns": list(item.columns)}
+                 "rows": rows, "columns": list(item.columns)}
     return _Exported(entry, _file_record(path, result), result.sha256, result.size,
-                     time.monotonic() - started)
+                     sum(r.seconds for r in reads))
 
 
 def _export_tables(snap: Snapshot, plan: ExportPlan, staging: Path, workers: int
                    ) -> list[_Exported]:
-    """Every table, each taken by the next free session of the same snapshot.
-
-    The windows go first, largest first: their look-ups of older referenced rows make them the
-    longest reads, and starting them last would leave one session working alone at the end.
-    Results come back in the configured order, so the manifest does not depend on timing.
-    """
-    items: list = [*plan.critical, *plan.windowed]
-
-    def size(item) -> float:
-        if isinstance(item, WindowedTable):
-            share = plan.rows_in_window[item.table.oid] / item.table.estimated_rows
-            return item.table.size_bytes * min(1.0, share)
-        return item.size_bytes
-
-    order = sorted(range(len(items)), reverse=True,
-                   key=lambda i: (isinstance(items[i], WindowedTable), size(items[i])))
+    """Every read, each taken by the next free session of the same snapshot; then each table's
+    file is assembled. Results come back in the configured order, so the manifest does not
+    depend on timing."""
+    reads = _reads(plan, staging)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        done = dict(zip(order, pool.map(
-            lambda i: _export_one(snap, plan, items[i], staging), order), strict=True))
-    return [done[i] for i in range(len(items))]
+        list(pool.map(lambda read: read.run(snap, plan), reads))
+    by_table: dict[int, list[_Read]] = {}
+    for read in sorted(reads, key=lambda r: (r.index, r.part)):
+        by_table.setdefault(read.index, []).append(read)
+    return [_assemble(plan, by_table[i], staging) for i in sorted(by_table)]
 
 
 def build_database_export(settings: Settings) -> dg.AssetsDefinition:

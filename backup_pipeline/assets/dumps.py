@@ -36,7 +36,7 @@ def dump_specs(settings: Settings) -> list[dg.AssetSpec]:
 
 
 def write_table_dump(snapshot: Snapshot, plan: ExportPlan, table: TableInfo, target: Path
-                     ) -> CopyResult:
+                     ) -> tuple[CopyResult, HashingWriter]:
     """Write `target` as a self-contained SQL data file; the trailer records the row count."""
     columns = ", ".join(quote_identifier(c) for c in table.columns)
     header = (
@@ -51,7 +51,7 @@ def write_table_dump(snapshot: Snapshot, plan: ExportPlan, table: TableInfo, tar
         writer.write(header.encode())
         rows = snapshot.copy_to(plan.critical_query(table), writer)
         writer.write(f"\\.\n\n{layout.END_OF_DATA}{rows} rows\n".encode())
-    return CopyResult(rows=rows, size=writer.size, sha256=writer.sha256)
+    return CopyResult(rows=rows, size=writer.size, sha256=writer.sha256), writer
 
 
 def quote_identifier(identifier: str) -> str:

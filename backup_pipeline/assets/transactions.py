@@ -9,10 +9,10 @@ are kept too (see export_plan), or the restored foreign keys could not be valid.
 from pathlib import Path
 
 import dagster as dg
+from psycopg import sql
 
 from backup_pipeline import layout
-from backup_pipeline.export_plan import ExportPlan, WindowedTable
-from backup_pipeline.resources.postgres import CopyResult, HashingWriter, Snapshot
+from backup_pipeline.resources.postgres import HashingWriter, Snapshot
 from backup_pipeline.settings import Settings
 
 TRANSACTIONS_PREFIX = "transactions"
@@ -51,9 +51,11 @@ def window_cutoff(snapshot: Snapshot, months: int):
     return row[0]
 
 
-def write_window_csv(snapshot: Snapshot, plan: ExportPlan, windowed: WindowedTable, target: Path
-                     ) -> CopyResult:
+def write_window_part(snapshot: Snapshot, select: sql.Composable, target: Path, *,
+                      header: bool) -> tuple[int, HashingWriter]:
+    """One part of a window as CSV (the first with the header); returns rows and the writer,
+    whose hash the export goes on with when it appends the later parts."""
     with target.open("wb") as handle:
         writer = HashingWriter(handle)
-        rows = snapshot.copy_to(plan.window_query(windowed), writer, csv_header=True)
-    return CopyResult(rows=rows, size=writer.size, sha256=writer.sha256)
+        rows = snapshot.copy_to(select, writer, csv=True, header=header)
+    return rows, writer

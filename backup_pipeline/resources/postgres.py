@@ -102,6 +102,14 @@ class HashingWriter:
     def sha256(self) -> str:
         return self._hash.hexdigest()
 
+    def resume(self, stream: IO[bytes]) -> HashingWriter:
+        """A writer that goes on where this one stopped: appending to the same file through
+        another handle, the size and SHA-256 cover both."""
+        writer = HashingWriter(stream)
+        writer._hash = self._hash.copy()
+        writer.size = self.size
+        return writer
+
 
 @dataclass
 class Snapshot:
@@ -119,8 +127,8 @@ class Snapshot:
         for table in tables:
             self.connection.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(table))
 
-    def copy_to(self, select: sql.Composable, writer: HashingWriter, *,
-                csv_header: bool = False) -> int:
+    def copy_to(self, select: sql.Composable, writer: HashingWriter, *, csv: bool = False,
+                header: bool = False) -> int:
         """Stream `select` out of this snapshot into `writer`; returns the server's row count.
 
         The COPY runs in a psql process of its own that joins this snapshot, so several tables
@@ -133,7 +141,7 @@ class Snapshot:
         query = select.as_string(self.connection)
         if "\n" in query:
             raise ValueError(f"a table or column name contains a newline: {query[:200]!r}")
-        options = " WITH (FORMAT csv, HEADER)" if csv_header else ""
+        options = (" WITH (FORMAT csv, HEADER)" if header else " WITH (FORMAT csv)") if csv else ""
         command = [
             str(self.resource.client_program("psql")), "-X", "-v", "ON_ERROR_STOP=1",
             # Command tags ("COPY 123") and errors go to stderr, the data alone to stdout.
