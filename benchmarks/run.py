@@ -204,6 +204,7 @@ def run_scale(scale: float, repeats: int, workdir: Path) -> dict:
         floor_env = {**libpq, "PGOPTIONS": "-c jit=off -c work_mem=64MB"}
         home = workdir / "dagster_home"
         home.mkdir()
+        (home / "dagster.yaml").write_text("")  # defaults: SQLite storage in this folder
         subprocess.run([str(VENV_BIN / "python"), "-c",
                         "import dagster; dagster.DagsterInstance.get().get_runs(limit=1)"],
                        env={**os.environ, "DAGSTER_HOME": str(home)}, check=True)
@@ -314,8 +315,13 @@ def main() -> int:
     parser.add_argument("--scales", default="10,40", help="comma-separated sample data scales")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results.json")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the other scales already in --out instead of replacing it")
     args = parser.parse_args()
-    report = {}
+    out = Path(args.out)
+    # Scales measured earlier stay in the file (a large scale can be run on its own); the ones
+    # measured now replace theirs.
+    report = json.loads(out.read_text()) if args.keep and out.is_file() else {}
     for scale in (float(s) for s in args.scales.split(",")):
         workdir = Path(tempfile.mkdtemp(prefix=f"bench_{scale:g}_"))
         try:
@@ -326,7 +332,7 @@ def main() -> int:
         print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1,
                          default=str)[:4000], flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwritten to {args.out}")
     for name, result in report.items():
         print(f"\n{name} (database {result['database_mb']} MB after excluded data)")

@@ -39,8 +39,8 @@ CHECK_SPECS = [
                       description="Every file matches the manifest's size and SHA-256; "
                                   "nothing is missing or unexpected."),
     dg.AssetCheckSpec("dumps_readable", asset=ARCHIVE_KEY, blocking=True,
-                      description="Every SQL dump is complete and every CSV parses, with the "
-                                  "manifest's row counts."),
+                      description="Every SQL dump is complete and every CSV well formed, "
+                                  "with the row counts the server reported."),
     dg.AssetCheckSpec("size_within_bounds", asset=ARCHIVE_KEY, blocking=True,
                       description="BACKUP_MIN_SIZE_MB <= size <= BACKUP_MAX_SIZE_MB."),
 ]

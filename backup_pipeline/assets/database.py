@@ -190,6 +190,12 @@ def _assemble(plan: ExportPlan, reads: list[_Read], staging: Path) -> _Exported:
     if isinstance(item, WindowedTable):
         table = item.table
         in_window = plan.rows_in_window[table.oid]
+        if first.rows != in_window:
+            raise RuntimeError(
+                f"{table.qualified}: the window was counted {in_window} rows and then read as "
+                f"{first.rows} in the same snapshot: the export is not consistent, nothing was "
+                f"published. Run the backup again and report this if it repeats."
+            )
         entry = {"table": table.qualified, "kind": "transactions", "path": path,
                  "rows": rows, "rows_in_window": in_window,
                  "rows_referenced_before_window": rows - in_window,
@@ -208,7 +214,14 @@ def _export_tables(snap: Snapshot, plan: ExportPlan, staging: Path, workers: int
     depend on timing."""
     reads = _reads(plan, staging)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(lambda read: read.run(snap, plan), reads))
+        futures = [pool.submit(read.run, snap, plan) for read in reads]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            for future in futures:  # a failed read fails the export: start no other
+                future.cancel()
+            raise
     by_table: dict[int, list[_Read]] = {}
     for read in sorted(reads, key=lambda r: (r.index, r.part)):
         by_table.setdefault(read.index, []).append(read)
