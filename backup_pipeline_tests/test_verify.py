@@ -180,3 +180,13 @@ def test_csv_rows_are_counted_outside_quotes_whatever_the_blocks(block):
 ])
 def test_broken_csv_is_named(data, columns, expected):
     assert expected in (_csv_rows(data, 5).problem(columns) or "")
+
+
+def test_archive_is_a_standard_tar_gz(archive):
+    """ISA-L writes a plain .tar.gz: gzip -t and GNU tar read it like one tar -czf made."""
+    subprocess.run(["gzip", "-t", str(archive)], check=True)
+    listed = subprocess.run(["tar", "-tzf", str(archive)], capture_output=True, text=True,
+                            check=True).stdout.split()
+    with tarfile.open(archive, "r:gz") as tar:
+        assert listed == [m.name + ("/" if m.isdir() else "") for m in tar.getmembers()]
+    assert listed[0] == "manifest.json"
