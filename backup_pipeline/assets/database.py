@@ -146,8 +146,7 @@ class _Read:
             self.rows, self.writer = write_window_part(snap, self.select, self.target,
                                                        header=self.part == 0)
         else:
-            result, self.writer = write_table_dump(snap, plan, self.item, self.target)
-            self.rows = result.rows
+            self.rows, self.writer = write_table_dump(snap, plan, self.item, self.target)
         self.seconds = time.monotonic() - started
 
 

@@ -12,7 +12,7 @@ import dagster as dg
 
 from backup_pipeline import layout
 from backup_pipeline.export_plan import ExportPlan, TableInfo
-from backup_pipeline.resources.postgres import CopyResult, HashingWriter, Snapshot
+from backup_pipeline.resources.postgres import HashingWriter, Snapshot
 from backup_pipeline.settings import Settings
 
 DUMPS_PREFIX = "dumps"
@@ -36,8 +36,9 @@ def dump_specs(settings: Settings) -> list[dg.AssetSpec]:
 
 
 def write_table_dump(snapshot: Snapshot, plan: ExportPlan, table: TableInfo, target: Path
-                     ) -> tuple[CopyResult, HashingWriter]:
-    """Write `target` as a self-contained SQL data file; the trailer records the row count."""
+                     ) -> tuple[int, HashingWriter]:
+    """Write `target` as a self-contained SQL data file; the trailer records the row count.
+    Returns the rows and the writer (its size and SHA-256 cover the whole file)."""
     columns = ", ".join(quote_identifier(c) for c in table.columns)
     header = (
         f"--\n-- backup_pipeline: data of table {table.qualified}\n--\n\n"
@@ -51,7 +52,7 @@ def write_table_dump(snapshot: Snapshot, plan: ExportPlan, table: TableInfo, tar
         writer.write(header.encode())
         rows = snapshot.copy_to(plan.critical_query(table), writer)
         writer.write(f"\\.\n\n{layout.END_OF_DATA}{rows} rows\n".encode())
-    return CopyResult(rows=rows, size=writer.size, sha256=writer.sha256), writer
+    return rows, writer
 
 
 def quote_identifier(identifier: str) -> str:

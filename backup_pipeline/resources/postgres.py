@@ -11,6 +11,7 @@ their environment, and error messages name host, port, database and user only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -42,18 +43,24 @@ class PgDumpError(RuntimeError):
     """pg_dump is missing, too old for the server, or failed."""
 
 
+@functools.cache
+def _pg_config_bindir(pg_config: str) -> str:
+    """`pg_config --bindir`, asked once per process: every table's read looks up psql."""
+    try:
+        return subprocess.run(
+            [pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (subprocess.SubprocessError, OSError):
+        return ""
+
+
 def find_pg_binary(name: str, bindir: str | None = None) -> Path:
     """The PostgreSQL client program `name`: BACKUP_PG_BINDIR, `pg_config --bindir`, PATH."""
     if bindir:
         return Path(bindir, name)
     pg_config = shutil.which("pg_config")
     if pg_config:
-        try:
-            bindir = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=10
-            ).stdout.strip()
-        except (subprocess.SubprocessError, OSError):
-            bindir = ""
+        bindir = _pg_config_bindir(pg_config)
         candidate = Path(bindir, name)
         if bindir and candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
