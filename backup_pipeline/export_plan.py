@@ -73,15 +73,20 @@ class ExportPlan:
     cutoff: datetime
     months: int
     foreign_keys: list[ForeignKey] = field(default_factory=list)
-    rows_in_window: dict[int, int] = field(default_factory=dict)
+    # The planner's estimate of each window's rows, by table oid: enough to order the reads and
+    # check the disk. The export counts them exactly while the reads run (`window_count`).
+    estimated_in_window: dict[int, float] = field(default_factory=dict)
+
+    def window_share(self, windowed: WindowedTable) -> float:
+        """The estimated share of the table's rows (and bytes) that are in the window."""
+        table = windowed.table
+        return min(1.0, self.estimated_in_window[table.oid] / table.estimated_rows)
 
     def estimated_bytes(self) -> int:
         """Critical tables whole, windowed tables by the share of their rows in the window."""
         total = sum(t.size_bytes for t in self.critical)
         for windowed in self.windowed:
-            table = windowed.table
-            share = min(1.0, self.rows_in_window[table.oid] / table.estimated_rows)
-            total += int(table.size_bytes * share)
+            total += int(windowed.table.size_bytes * self.window_share(windowed))
         return total
 
     def critical_query(self, table: TableInfo) -> sql.Composable:
@@ -121,13 +126,15 @@ class ExportPlan:
                     not_null: bool = False) -> sql.Composable | None:
         """SELECT `columns` of the rows before the window that backed-up rows reference, or None.
 
-        Each row is looked up by its key, the keys in ascending order (a LATERAL subquery with
-        LIMIT 1 keeps the planner from hashing the whole table instead): the lookups then walk
-        the key index and, for keys that grow with time, the table in order, so the cost follows
-        the rows backed up, at any size. (Hashing the table read the older data that is not
-        backed up; looking keys up in hash order read pages at random and grew faster than the
-        data: 5.7 of 11 s on a 5 GB database.) With `not_null`, rows with a NULL in `columns`
-        are left out (they reference nothing).
+        For a one-column key the keys are gathered into one array and the rows fetched with
+        `key = ANY(ARRAY(...))`: the server sorts and deduplicates the array once and walks the
+        key index in order, so the cost follows the rows backed up and older data that is not
+        backed up is never read. (Hashing the table read all of it; a LATERAL look-up per
+        distinct key, the earlier form, took 7.0 s where this takes 5.9 s warm, 11.5 where this
+        takes 9.1 s with a cold cache, on a 5 GB database.) The array costs the server 8 bytes
+        per referenced key of a bigint. Keys of several columns are looked up one by one in
+        ascending order (a LATERAL subquery with LIMIT 1). With `not_null`, rows with a NULL in
+        `columns` are left out (they reference nothing).
         """
         by_key = self._referenced_keys(windowed, depth)
         if not by_key:
@@ -136,9 +143,9 @@ class ExportPlan:
         outer = sql.SQL(", ").join(sql.Identifier("t", c) for c in columns)
         filled = sql.SQL(" AND ").join(
             sql.SQL("{} IS NOT NULL").format(sql.Identifier("t", c)) for c in columns)
-        if len(by_key) > 1:
+        if len(by_key) > 1 or len(next(iter(by_key))) == 1:
             # Foreign keys into different unique columns: one row may be referenced by several;
-            # one scan with OR keeps each row once.
+            # one query with OR keeps each row once.
             query = sql.SQL("SELECT {outer} FROM {src} t WHERE ({window}) IS NOT TRUE AND ({any})"
                             ).format(outer=outer, src=table.source,
                                      window=self._in_window(windowed), any=sql.SQL(" OR ").join(
@@ -162,9 +169,14 @@ class ExportPlan:
 
     @staticmethod
     def _in_keys(key: tuple[str, ...], values: list[sql.Composable]) -> sql.Composable:
+        """`t.key = ANY(ARRAY(...))` for one column (an index scan over the sorted keys, or a
+        BitmapOr of several), `(a, b) IN (...)` for a key of several columns."""
+        union = sql.SQL(" UNION ALL ").join(values)
+        if len(key) == 1:
+            return sql.SQL("{key} = ANY(ARRAY({values}))").format(
+                key=sql.Identifier("t", key[0]), values=union)
         return sql.SQL("({key}) IN ({values})").format(
-            key=sql.SQL(", ").join(sql.Identifier(c) for c in key),
-            values=sql.SQL(" UNION ALL ").join(values))
+            key=sql.SQL(", ").join(sql.Identifier("t", c) for c in key), values=union)
 
     def _referenced_keys(self, windowed: WindowedTable, depth: int
                          ) -> dict[tuple[str, ...], list[sql.Composable]]:
@@ -316,6 +328,8 @@ def build_plan(conn: psycopg.Connection, settings: Settings, cutoff: datetime) -
         foreign_keys.append(ForeignKey(name, src, tuple(src_cols), dst, tuple(dst_cols)))
     plan = ExportPlan(critical, windowed, cutoff, settings.transaction_months, foreign_keys)
     for entry in windowed:
-        count = conn.execute(plan.window_count(entry)).fetchone()
-        plan.rows_in_window[entry.table.oid] = int(count[0]) if count else 0
+        explained = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {src} WHERE {window}")
+                                 .format(src=entry.table.source, window=plan._in_window(entry))
+                                 ).fetchone()
+        plan.estimated_in_window[entry.table.oid] = float(explained[0][0]["Plan"]["Plan Rows"])
     return plan

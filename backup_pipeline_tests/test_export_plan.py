@@ -63,3 +63,35 @@ def test_self_references_follow_the_chain_in_key_order(server, empty_db):
         [purchase] = plan.windowed
         rows = [row[0] for row in conn.execute(plan.window_query(purchase))]
     assert sorted(rows) == [1, 2, 3, 5]
+
+
+def test_keys_of_two_columns_and_keys_of_another_type(server, empty_db):
+    """A foreign key of two columns (looked up key by key) and an integer key into a bigint
+    (looked up through an array of the other type): every referenced older row, once."""
+    with psycopg.connect(server.dsn(empty_db), autocommit=True) as conn:
+        conn.execute("""
+            CREATE TABLE account (tenant int, id int, created_at timestamptz NOT NULL,
+                                  PRIMARY KEY (tenant, id));
+            CREATE TABLE plan (id bigint PRIMARY KEY, created_at timestamptz NOT NULL);
+            CREATE TABLE entry (id bigint PRIMARY KEY, tenant int, account_id int,
+                                plan_id int REFERENCES plan, created_at timestamptz NOT NULL,
+                                FOREIGN KEY (tenant, account_id) REFERENCES account);
+            INSERT INTO account VALUES (1, 1, now() - interval '1 year'),
+                (1, 2, now() - interval '1 year'), (2, 1, now() - interval '1 year'),
+                (2, 2, now());
+            INSERT INTO plan VALUES (7, now() - interval '1 year'), (8, now() - interval '1 year'),
+                                    (9, now());
+            INSERT INTO entry VALUES (10, 1, 1, 7, now()), (11, 2, 1, 7, now()),
+                (12, 1, 1, NULL, now()), (13, 1, 2, 8, now() - interval '1 year'),
+                (14, 2, 2, 9, now());
+        """)
+        settings = Settings(critical_tables=(), transaction_tables=(
+            TransactionTable("account"), TransactionTable("plan"), TransactionTable("entry")))
+        plan = build_plan(conn, settings, datetime.now(UTC) - timedelta(days=90))
+        account, plans, entry = plan.windowed
+        accounts = sorted(row[:2] for row in conn.execute(plan.window_query(account)))
+        plan_ids = sorted(row[0] for row in conn.execute(plan.window_query(plans)))
+        entries = sorted(row[0] for row in conn.execute(plan.window_query(entry)))
+    assert accounts == [(1, 1), (2, 1), (2, 2)]
+    assert plan_ids == [7, 9]
+    assert entries == [10, 11, 12, 14]
