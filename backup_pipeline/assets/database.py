@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-from psycopg import sql
 
 from backup_pipeline import layout
 from backup_pipeline.assets.dumps import dump_key, dump_specs, write_table_dump
@@ -132,44 +131,44 @@ class _Read:
     index: int
     item: TableInfo | WindowedTable
     part: int
-    select: sql.Composable | None
+    query: str
     target: Path
     cost: float
     rows: int = 0
     writer: HashingWriter | None = None
     seconds: float = 0.0
 
-    def run(self, snap: Snapshot, plan: ExportPlan) -> None:
+    def run(self, snap: Snapshot) -> None:
         started = time.monotonic()
         if isinstance(self.item, WindowedTable):
-            assert self.select is not None
-            self.rows, self.writer = write_window_part(snap, self.select, self.target,
+            self.rows, self.writer = write_window_part(snap, self.query, self.target,
                                                        header=self.part == 0)
         else:
-            self.rows, self.writer = write_table_dump(snap, plan, self.item, self.target)
+            self.rows, self.writer = write_table_dump(snap, self.item, self.query, self.target)
         self.seconds = time.monotonic() - started
 
 
-def _reads(plan: ExportPlan, staging: Path) -> list[_Read]:
+def _reads(snap: Snapshot, plan: ExportPlan, staging: Path) -> list[_Read]:
     """Every read, the longest first: a window's older rows are looked up key by key, so they
     go first and in their own session, beside the window itself; the rest by size. One
-    session left working alone at the end is what makes an export slow."""
+    session left working alone at the end is what makes an export slow. The queries are
+    rendered here, in the thread that owns the snapshot's connection."""
     reads: list[_Read] = []
     for index, table in enumerate(plan.critical):
-        reads.append(_Read(index, table, 0, None, staging / layout.dump_path(table.qualified),
-                           cost=table.size_bytes))
+        reads.append(_Read(index, table, 0, snap.render(plan.critical_query(table)),
+                           staging / layout.dump_path(table.qualified), cost=table.size_bytes))
     for offset, windowed in enumerate(plan.windowed):
         table = windowed.table
-        share = min(1.0, plan.rows_in_window[table.oid] / table.estimated_rows)
+        share = plan.window_share(windowed)
         path = staging / layout.csv_path(table.qualified)
         for part, select in enumerate(plan.window_parts(windowed)):
             target = path if part == 0 else path.with_name(f"{path.name}.part{part}")
-            reads.append(_Read(len(plan.critical) + offset, windowed, part, select, target,
-                               cost=table.size_bytes * (share if part == 0 else 1.0)))
+            reads.append(_Read(len(plan.critical) + offset, windowed, part, snap.render(select),
+                               target, cost=table.size_bytes * (share if part == 0 else 1.0)))
     return sorted(reads, key=lambda r: (r.part > 0, r.cost), reverse=True)
 
 
-def _assemble(plan: ExportPlan, reads: list[_Read], staging: Path) -> _Exported:
+def _assemble(reads: list[_Read], staging: Path, counted: dict[int, int]) -> _Exported:
     """One table's file from its reads: a window's later parts are appended to the first,
     the hash going on over them, so the CSV has one header and the rows of all parts."""
     first = reads[0]
@@ -188,7 +187,7 @@ def _assemble(plan: ExportPlan, reads: list[_Read], staging: Path) -> _Exported:
     result = CopyResult(rows=rows, size=writer.size, sha256=writer.sha256)
     if isinstance(item, WindowedTable):
         table = item.table
-        in_window = plan.rows_in_window[table.oid]
+        in_window = counted[table.oid]
         if first.rows != in_window:
             raise RuntimeError(
                 f"{table.qualified}: the window was counted {in_window} rows and then read as "
@@ -208,13 +207,18 @@ def _assemble(plan: ExportPlan, reads: list[_Read], staging: Path) -> _Exported:
 
 def _export_tables(snap: Snapshot, plan: ExportPlan, staging: Path, workers: int
                    ) -> list[_Exported]:
-    """Every read, each taken by the next free session of the same snapshot; then each table's
-    file is assembled. Results come back in the configured order, so the manifest does not
-    depend on timing."""
-    reads = _reads(plan, staging)
+    """Every read, each taken by the next free session of the same snapshot; meanwhile this
+    thread counts each window's rows in the snapshot's own session, which the reads must
+    match. Then each table's file is assembled. Results come back in the configured order, so
+    the manifest does not depend on timing."""
+    reads = _reads(snap, plan, staging)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(read.run, snap, plan) for read in reads]
+        futures = [pool.submit(read.run, snap) for read in reads]
         try:
+            counted = {}
+            for windowed in plan.windowed:
+                row = snap.connection.execute(plan.window_count(windowed)).fetchone()
+                counted[windowed.table.oid] = int(row[0]) if row else 0
             for future in futures:
                 future.result()
         except BaseException:
@@ -224,7 +228,7 @@ def _export_tables(snap: Snapshot, plan: ExportPlan, staging: Path, workers: int
     by_table: dict[int, list[_Read]] = {}
     for read in sorted(reads, key=lambda r: (r.index, r.part)):
         by_table.setdefault(read.index, []).append(read)
-    return [_assemble(plan, by_table[i], staging) for i in sorted(by_table)]
+    return [_assemble(by_table[i], staging, counted) for i in sorted(by_table)]
 
 
 def build_database_export(settings: Settings) -> dg.AssetsDefinition:

@@ -9,9 +9,10 @@ file without holding a table in memory.
 from pathlib import Path
 
 import dagster as dg
+from psycopg import sql
 
 from backup_pipeline import layout
-from backup_pipeline.export_plan import ExportPlan, TableInfo
+from backup_pipeline.export_plan import TableInfo
 from backup_pipeline.resources.postgres import HashingWriter, Snapshot
 from backup_pipeline.settings import Settings
 
@@ -35,10 +36,11 @@ def dump_specs(settings: Settings) -> list[dg.AssetSpec]:
     ]
 
 
-def write_table_dump(snapshot: Snapshot, plan: ExportPlan, table: TableInfo, target: Path
-                     ) -> tuple[int, HashingWriter]:
-    """Write `target` as a self-contained SQL data file; the trailer records the row count.
-    Returns the rows and the writer (its size and SHA-256 cover the whole file)."""
+def write_table_dump(snapshot: Snapshot, table: TableInfo, select: sql.Composable | str,
+                     target: Path) -> tuple[int, HashingWriter]:
+    """Write `target` as a self-contained SQL data file of `select` (the plan's critical_query);
+    the trailer records the row count. Returns the rows and the writer (its size and SHA-256
+    cover the whole file)."""
     columns = ", ".join(quote_identifier(c) for c in table.columns)
     header = (
         f"--\n-- backup_pipeline: data of table {table.qualified}\n--\n\n"
@@ -50,7 +52,7 @@ def write_table_dump(snapshot: Snapshot, plan: ExportPlan, table: TableInfo, tar
     with target.open("wb") as handle:
         writer = HashingWriter(handle)
         writer.write(header.encode())
-        rows = snapshot.copy_to(plan.critical_query(table), writer)
+        rows = snapshot.copy_to(select, writer)
         writer.write(f"\\.\n\n{layout.END_OF_DATA}{rows} rows\n".encode())
     return rows, writer
 

@@ -51,7 +51,7 @@ def window_cutoff(snapshot: Snapshot, months: int):
     return row[0]
 
 
-def write_window_part(snapshot: Snapshot, select: sql.Composable, target: Path, *,
+def write_window_part(snapshot: Snapshot, select: sql.Composable | str, target: Path, *,
                       header: bool) -> tuple[int, HashingWriter]:
     """One part of a window as CSV (the first with the header); returns rows and the writer,
     whose hash the export goes on with when it appends the later parts."""

@@ -134,7 +134,11 @@ class Snapshot:
         for table in tables:
             self.connection.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(table))
 
-    def copy_to(self, select: sql.Composable, writer: HashingWriter, *, csv: bool = False,
+    def render(self, select: sql.Composable) -> str:
+        """`select` as text for psql, quoted by this session's connection."""
+        return select.as_string(self.connection)
+
+    def copy_to(self, select: sql.Composable | str, writer: HashingWriter, *, csv: bool = False,
                 header: bool = False) -> int:
         """Stream `select` out of this snapshot into `writer`; returns the server's row count.
 
@@ -143,9 +147,10 @@ class Snapshot:
         rows in C and hands them over in megabyte blocks (receiving them row by row in Python
         cost as much CPU as the server spent producing them). The count the server reports goes
         into the manifest, and the archive is only published when its files hold exactly that
-        many rows (verify.py counts them).
+        many rows (verify.py counts them). Readers in other threads pass `select` already
+        rendered (`render`): this session's connection may be busy in the main thread.
         """
-        query = select.as_string(self.connection)
+        query = select if isinstance(select, str) else self.render(select)
         if "\n" in query:
             raise ValueError(f"a table or column name contains a newline: {query[:200]!r}")
         options = (" WITH (FORMAT csv, HEADER)" if header else " WITH (FORMAT csv)") if csv else ""
