@@ -86,16 +86,45 @@ class _HashingReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        data = self._stream.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        self.hash.update(data)
+        n = self._stream.readinto(buffer)
+        self.hash.update(memoryview(buffer)[:n])
         self.size += n
         return n
 
     def drain(self) -> None:
         while self.read(CHUNK):
             pass
+
+
+class _ForwardReader:
+    """The decompressed stream as a file tarfile can read in its random-access mode: it only
+    ever seeks forward (over data nobody read), and that mode hands each member's reads straight
+    to the stream, where the streaming mode copies every block through its own buffer (a third
+    of the verification's time)."""
+
+    def __init__(self, stream: io.BufferedReader) -> None:
+        self._stream = stream
+        self._position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._position += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        n = self._stream.readinto(buffer)
+        self._position += n
+        return n
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_SET or offset < self._position:
+            raise tarfile.ReadError("the archive is read front to back: a member points back")
+        while self._position < offset and self.read(min(CHUNK, offset - self._position)):
+            pass
+        return self._position
 
 
 def unsafe_member_reason(member: tarfile.TarInfo) -> str | None:
@@ -128,7 +157,7 @@ def _check_sql_data(stream: io.BufferedReader, rows: int | None) -> str | None:
     newlines, tail = head[start:].count(b"\n"), head[start:][-512:]
     for block in iter(lambda: stream.read(CHUNK), b""):
         newlines += block.count(b"\n")
-        tail = (tail + block)[-512:]
+        tail = (tail + block[-512:])[-512:]
     marker = b"\\.\n\n" + layout.END_OF_DATA.encode()
     if marker not in tail or not tail.endswith(b" rows\n"):
         return "its COPY data does not end with '\\.' and the end-of-data trailer: truncated"
@@ -252,7 +281,7 @@ def _read_members(archive: Path, report: VerificationReport, tables: dict[str, d
                   extract_to: Path | None) -> None:
     # Decompression runs in its own thread (ISA-L), hashing and parsing in this one.
     with archive.open("rb") as raw, igzip_threaded.open(raw, "rb", threads=1) as gz:
-        with tarfile.open(fileobj=gz, mode="r|", bufsize=CHUNK) as tar:
+        with tarfile.open(fileobj=_ForwardReader(gz), mode="r:") as tar:
             for member in tar:
                 reason = unsafe_member_reason(member)
                 if reason:
