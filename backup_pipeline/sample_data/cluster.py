@@ -98,8 +98,9 @@ def _as_server_user(command: list[str], check: bool = True) -> subprocess.Comple
     return result
 
 
-def start_cluster(base: Path | None = None) -> LocalCluster:
-    """initdb and start a private server; the caller stops it."""
+def start_cluster(base: Path | None = None, settings: dict[str, str] | None = None
+                  ) -> LocalCluster:
+    """initdb and start a private server (with extra server `settings`); the caller stops it."""
     bindir = server_bindir()
     base = Path(base or tempfile.mkdtemp(prefix="backup_pipeline_pg_"))
     base.mkdir(parents=True, exist_ok=True)
@@ -126,6 +127,7 @@ def start_cluster(base: Path | None = None) -> LocalCluster:
     options = (f"-c port={cluster.port} -c listen_addresses=127.0.0.1 "
                f"-c unix_socket_directories={base} -c fsync=off -c full_page_writes=off "
                f"-c synchronous_commit=off -c max_connections=50")
+    options += "".join(f" -c {name}={value}" for name, value in (settings or {}).items())
     _as_server_user([str(bindir / "pg_ctl"), "-D", str(cluster.data_dir), "-l",
                      str(base / "server.log"), "-o", options, "-w", "-t", "60", "start"])
     return cluster
