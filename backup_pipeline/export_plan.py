@@ -128,10 +128,10 @@ class ExportPlan:
 
         For a one-column key the keys are gathered into one array and the rows fetched with
         `key = ANY(ARRAY(...))`: the server sorts and deduplicates the array once and walks the
-        key index in order, so the cost follows the rows backed up and older data that is not
-        backed up is never read. (Hashing the table read all of it; a LATERAL look-up per
-        distinct key, the earlier form, took 7.0 s where this takes 5.9 s warm, 11.5 where this
-        takes 9.1 s with a cold cache, on a 5 GB database.) The array costs the server 8 bytes
+        key index in order, so the cost follows the rows backed up, not the older data that is
+        not. (Hashing the table read all of it; a LATERAL look-up per distinct key, the earlier
+        form, took 6.2 s where this takes 5.3 s warm, 12.8 where this takes 8.9 s with a cold
+        cache, for the purchases of a 5 GB database.) The array costs the server 8 bytes
         per referenced key of a bigint. Keys of several columns are looked up one by one in
         ascending order (a LATERAL subquery with LIMIT 1). With `not_null`, rows with a NULL in
         `columns` are left out (they reference nothing).
