@@ -111,11 +111,6 @@ class _ForwardReader:
         self._position += len(data)
         return data
 
-    def readinto(self, buffer) -> int:
-        n = self._stream.readinto(buffer)
-        self._position += n
-        return n
-
     def tell(self) -> int:
         return self._position
 
@@ -172,7 +167,7 @@ def _check_sql_data(stream: io.BufferedReader, rows: int | None) -> str | None:
 def _check_pg_dump(stream: io.BufferedReader) -> str | None:
     tail = b""
     for block in iter(lambda: stream.read(CHUNK), b""):
-        tail = (tail + block)[-256:]
+        tail = (tail + block[-256:])[-256:]
     if PG_DUMP_COMPLETE.encode() not in tail:
         return f"it does not end with {PG_DUMP_COMPLETE!r}: the schema dump is truncated"
     return None
