@@ -114,6 +114,11 @@ class ExportPlan:
             parts.append(older)
         return parts
 
+    def window_estimate(self, windowed: WindowedTable) -> sql.Composable:
+        """The planner's plan for the window's rows: its top "Plan Rows" is the estimate."""
+        return sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {src} WHERE {window}").format(
+            src=windowed.table.source, window=self._in_window(windowed))
+
     def window_count(self, windowed: WindowedTable) -> sql.Composable:
         return sql.SQL("SELECT count(*) FROM {src} WHERE {window}").format(
             src=windowed.table.source, window=self._in_window(windowed))
@@ -328,8 +333,6 @@ def build_plan(conn: psycopg.Connection, settings: Settings, cutoff: datetime) -
         foreign_keys.append(ForeignKey(name, src, tuple(src_cols), dst, tuple(dst_cols)))
     plan = ExportPlan(critical, windowed, cutoff, settings.transaction_months, foreign_keys)
     for entry in windowed:
-        explained = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {src} WHERE {window}")
-                                 .format(src=entry.table.source, window=plan._in_window(entry))
-                                 ).fetchone()
+        explained = conn.execute(plan.window_estimate(entry)).fetchone()
         plan.estimated_in_window[entry.table.oid] = float(explained[0][0]["Plan"]["Plan Rows"])
     return plan
