@@ -352,7 +352,7 @@ def main() -> int:
         result = report[f"scale_{scale:g}"]
         print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1,
                          default=str)[:4000], flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwritten to {args.out}")
     for name, result in report.items():
