@@ -43,6 +43,9 @@ def test_benchmark_smoke_run(tmp_path):
     doubled = report["excluded_data_doubled"]
     assert doubled["database_mb"] > report["database_mb_generated"]
     assert len(doubled["runs"]) == 1 and doubled["pipeline_median_seconds"] > 0
+    assert len(doubled["runs_before"]) == 1 and doubled["pipeline_median_seconds_before"] > 0
+    assert doubled["change"] == round(doubled["pipeline_median_seconds"]
+                                      / doubled["pipeline_median_seconds_before"] - 1, 3)
     assert "ratios" in result.stdout
 
 
