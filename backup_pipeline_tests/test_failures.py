@@ -75,7 +75,7 @@ def test_a_run_failing_half_way_leaves_everything_as_it_was(backup_env, server, 
             staging = Path(env["BACKUP_DIR"]) / layout.STAGING_DIR
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not staged.is_set():
-                if list(staging.glob("*/database/users.sql")):
+                if list(staging.glob("*/database/users.sql.gz")):
                     staged.set()
                 time.sleep(0.01)
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import subprocess
 import tarfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -182,11 +185,26 @@ def test_broken_csv_is_named(data, columns, expected):
     assert expected in (_csv_rows(data, 5).problem(columns) or "")
 
 
-def test_archive_is_a_standard_tar_gz(archive):
-    """ISA-L writes a plain .tar.gz: gzip -t and GNU tar read it like one tar -czf made."""
+def test_archive_is_a_standard_tar_gz(archive, tmp_path):
+    """The tables arrive as gzip members compressed during the export, between members the
+    archive step writes: gzip -t and GNU tar read the series as one .tar.gz, and every file
+    they extract is byte for byte the one the manifest describes."""
+    members, rest = 0, archive.read_bytes()
+    while rest:
+        inflate = zlib.decompressobj(31)
+        inflate.decompress(rest)
+        assert inflate.eof, "the archive ends inside a gzip member"
+        members, rest = members + 1, inflate.unused_data
+    assert members > 3  # the tables' own members, not one stream re-compressed
     subprocess.run(["gzip", "-t", str(archive)], check=True)
     listed = subprocess.run(["tar", "-tzf", str(archive)], capture_output=True, text=True,
                             check=True).stdout.split()
     with tarfile.open(archive, "r:gz") as tar:
         assert listed == [m.name + ("/" if m.isdir() else "") for m in tar.getmembers()]
     assert listed[0] == "manifest.json"
+    subprocess.run(["tar", "-xzf", str(archive), "-C", str(tmp_path)], check=True)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert "database/users.sql" in {f["path"] for f in manifest["files"]}
+    for entry in manifest["files"]:
+        data = (tmp_path / entry["path"]).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (entry["size"], entry["sha256"])

@@ -1,14 +1,17 @@
 """The archive: one verified `critical_backup_YYYYMMDD_HHMMSS.tar.gz` from what the run staged.
 
-The tar stream goes straight into gzip and the file is hashed as it is written. It is written
-under a hidden temporary name, fsynced and fully verified before it gets its final name, so a
-file named `critical_backup_*.tar.gz` is always complete: a failed verification leaves nothing,
-a crash at most a hidden `.partial` file (retention removes it a day later).
+The tar stream goes straight into gzip and the file is hashed as it is written. The tables'
+data arrive already compressed (the export compresses each table as it reads it): their gzip
+members are copied in as they are, between members holding the tar headers and the small files.
+A series of gzip members is one standard gzip stream (RFC 1952; gzip -t, tar -xzf, zcat).
+
+It is written under a hidden temporary name, fsynced and fully verified before it gets its final
+name, so a file named `critical_backup_*.tar.gz` is always complete: a failed verification
+leaves nothing, a crash at most a hidden `.partial` file (retention removes it a day later).
 """
 
 
 import hashlib
-import io
 import json
 import os
 import platform
@@ -21,7 +24,7 @@ from pathlib import Path
 import dagster as dg
 import jinja2
 import psycopg
-from isal import igzip_threaded
+from isal import isal_zlib
 
 from backup_pipeline import layout
 from backup_pipeline.assets.config_snapshot import CONFIG_KEY, CONFIG_RECORD
@@ -34,12 +37,7 @@ from backup_pipeline.verify import verify_archive
 
 ARCHIVE_KEY = dg.AssetKey("backup_archive")
 VERIFICATION_RECORD = "verification.json"
-# ISA-L's strongest level, in threads: a standard .tar.gz (gzip -t, tar -xzf) about 7 % larger
-# than `tar -czf` (gzip -6) makes of the same files, written in a seventh of gzip's CPU time
-# (measured on the sample data: benchmarks/run.py and the README's performance section).
-COMPRESSION_LEVEL = 3
-COMPRESSION_THREADS = max(1, min(4, os.cpu_count() or 1))
-# Large blocks through tar and the compressor: tarfile's default is 10 KiB writes.
+# Large blocks through the compressor and into the file.
 STREAM_BLOCK = 1 << 20
 
 _templates = jinja2.Environment(
@@ -50,23 +48,44 @@ _templates = jinja2.Environment(
 )
 
 
-class _HashingSink:
-    """The file object gzip writes into: bytes go to disk and into SHA-256 at once."""
+class _TarStream:
+    """A tar stream written as gzip members into `sink`: bytes written here are compressed,
+    `copy_member` puts an already compressed member in between. `offset` counts tar bytes."""
 
-    def __init__(self, handle) -> None:
-        self._writer = HashingWriter(handle)
-        self._handle = handle
+    def __init__(self, sink: HashingWriter) -> None:
+        self._sink = sink
+        self._deflate = None
+        self.offset = 0
 
-    def write(self, data) -> int:
-        self._writer.write(data)
-        return len(data)
+    def write(self, data: bytes | memoryview) -> None:
+        if self._deflate is None:
+            self._deflate = isal_zlib.compressobj(layout.GZIP_LEVEL, isal_zlib.DEFLATED, 31)
+        self._sink.write(self._deflate.compress(data))
+        self.offset += len(data)
 
-    def flush(self) -> None:
-        self._handle.flush()
+    def write_file(self, path: Path) -> int:
+        with path.open("rb") as source:
+            size = 0
+            for block in iter(lambda: source.read(STREAM_BLOCK), b""):
+                self.write(block)
+                size += len(block)
+        return size
 
-    @property
-    def sha256(self) -> str:
-        return self._writer.sha256
+    def copy_member(self, path: Path, size: int) -> None:
+        """Append the gzip member at `path`, which holds `size` tar bytes."""
+        self.end_member()
+        with path.open("rb") as source:
+            for block in iter(lambda: source.read(STREAM_BLOCK), b""):
+                self._sink.write(block)
+        self.offset += size
+
+    def end_member(self) -> None:
+        if self._deflate is not None:
+            self._sink.write(self._deflate.flush())
+            self._deflate = None
+
+    def pad(self, multiple: int) -> None:
+        self.write(tarfile.NUL * (-self.offset % multiple))
 
 
 def _versions() -> dict[str, str]:
@@ -139,30 +158,48 @@ def _tar_info(name: str, size: int, mtime: float, directory: bool = False) -> ta
     return info
 
 
-def write_archive(target: Path, staging: Path, manifest: dict, mtime: float) -> str:
-    """Stream manifest.json, then every listed file, into a gzip'd tar; fsync; return SHA-256."""
+def write_archive(target: Path, staging: Path, manifest: dict, mtime: float,
+                  staged: dict[str, list[dict]]) -> str:
+    """Write manifest.json, then every listed file, as a gzip'd tar; fsync; return SHA-256.
+
+    A file listed in `staged` is put together from its pieces (gzip members copied as they
+    are, plain parts compressed here); any other is read from `staging` under its own path.
+    The tar format is tarfile's own (PAX headers, end-of-archive blocks, records of 10 KiB).
+    """
     manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
+
+    def header(info: tarfile.TarInfo) -> bytes:
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
-        sink = _HashingSink(handle)
-        with (
-            igzip_threaded.open(sink, "wb", compresslevel=COMPRESSION_LEVEL,
-                                threads=COMPRESSION_THREADS, block_size=STREAM_BLOCK) as gz,
-            tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT,
-                         bufsize=STREAM_BLOCK) as tar,
-        ):
-            tar.copybufsize = STREAM_BLOCK
-            tar.addfile(_tar_info(layout.MANIFEST, len(manifest_bytes), mtime),
-                        io.BytesIO(manifest_bytes))
-            folders: set[str] = set()
-            for entry in manifest["files"]:
-                parents = Path(entry["path"]).parents
-                for folder in reversed([p.as_posix() for p in parents if p.as_posix() != "."]):
-                    if folder not in folders:
-                        folders.add(folder)
-                        tar.addfile(_tar_info(folder, 0, mtime, directory=True))
-                with (staging / entry["path"]).open("rb") as source:
-                    tar.addfile(_tar_info(entry["path"], entry["size"], mtime), source)
+        sink = HashingWriter(handle)
+        tar = _TarStream(sink)
+        tar.write(header(_tar_info(layout.MANIFEST, len(manifest_bytes), mtime)))
+        tar.write(manifest_bytes)
+        tar.pad(tarfile.BLOCKSIZE)
+        folders: set[str] = set()
+        for entry in manifest["files"]:
+            parents = Path(entry["path"]).parents
+            for folder in reversed([p.as_posix() for p in parents if p.as_posix() != "."]):
+                if folder not in folders:
+                    folders.add(folder)
+                    tar.write(header(_tar_info(folder, 0, mtime, directory=True)))
+            tar.write(header(_tar_info(entry["path"], entry["size"], mtime)))
+            written = 0
+            for piece in staged.get(entry["path"], [{"file": entry["path"], "gzip": False}]):
+                if piece["gzip"]:
+                    tar.copy_member(staging / piece["file"], piece["size"])
+                    written += piece["size"]
+                else:
+                    written += tar.write_file(staging / piece["file"])
+            if written != entry["size"]:
+                raise RuntimeError(f"{entry['path']} changed in the staging folder: "
+                                   f"{written} bytes where the export wrote {entry['size']}")
+            tar.pad(tarfile.BLOCKSIZE)
+        tar.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+        tar.pad(tarfile.RECORDSIZE)
+        tar.end_member()
         handle.flush()
         os.fsync(handle.fileno())
     return sink.sha256
@@ -254,7 +291,8 @@ def build_backup_archive(settings: Settings) -> dg.AssetsDefinition:
         manifest = build_manifest(export, config, created_at, name, staging)
         partial = storage.partial_path(name, context.run.run_id)
         try:
-            sha256 = write_archive(partial, staging, manifest, created_at.timestamp())
+            sha256 = write_archive(partial, staging, manifest, created_at.timestamp(),
+                                   export["staged"])
             written = time.monotonic()
             report = verify_archive(partial)
             if not report.ok:

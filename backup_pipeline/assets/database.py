@@ -102,6 +102,7 @@ class _Exported:
 
     entry: dict
     file: dict
+    staged: list[dict]
     sha256: str
     size: int
     seconds: float
@@ -126,7 +127,13 @@ class _Exported:
 @dataclass
 class _Read:
     """One read of the export: a critical table, or one part of a window (its rows, or the
-    older rows they reference), written to `target` by one session of the snapshot."""
+    older rows they reference), written to `target` by one session of the snapshot.
+
+    A table's file, or a window's first part, is written gzip-compressed (a member the archive
+    takes as it is): compressing here runs while other sessions wait on the disk, where the
+    archive step would have had the CPU to itself and everyone waiting on it. A window's later
+    parts (usually small) stay plain, to be hashed after the first.
+    """
 
     index: int
     item: TableInfo | WindowedTable
@@ -141,8 +148,9 @@ class _Read:
     def run(self, snap: Snapshot) -> None:
         started = time.monotonic()
         if isinstance(self.item, WindowedTable):
-            self.rows, self.writer = write_window_part(snap, self.query, self.target,
-                                                       header=self.part == 0)
+            self.rows, self.writer = write_window_part(
+                snap, self.query, self.target, header=self.part == 0,
+                gzip_level=layout.GZIP_LEVEL if self.part == 0 else None)
         else:
             self.rows, self.writer = write_table_dump(snap, self.item, self.query, self.target)
         self.seconds = time.monotonic() - started
@@ -156,34 +164,40 @@ def _reads(snap: Snapshot, plan: ExportPlan, staging: Path) -> list[_Read]:
     reads: list[_Read] = []
     for index, table in enumerate(plan.critical):
         reads.append(_Read(index, table, 0, snap.render(plan.critical_query(table)),
-                           staging / layout.dump_path(table.qualified), cost=table.size_bytes))
+                           _compressed(staging / layout.dump_path(table.qualified)),
+                           cost=table.size_bytes))
     for offset, windowed in enumerate(plan.windowed):
         table = windowed.table
         share = plan.window_share(windowed)
         path = staging / layout.csv_path(table.qualified)
         for part, select in enumerate(plan.window_parts(windowed)):
-            target = path if part == 0 else path.with_name(f"{path.name}.part{part}")
+            target = _compressed(path) if part == 0 else path.with_name(f"{path.name}.part{part}")
             reads.append(_Read(len(plan.critical) + offset, windowed, part, snap.render(select),
                                target, cost=table.size_bytes * (share if part == 0 else 1.0)))
     return sorted(reads, key=lambda r: (r.part > 0, r.cost), reverse=True)
 
 
+def _compressed(path: Path) -> Path:
+    """Where the export stages a file's gzip member (the archive holds it as `path`)."""
+    return path.with_name(f"{path.name}.gz")
+
+
 def _assemble(reads: list[_Read], staging: Path, counted: dict[int, int]) -> _Exported:
-    """One table's file from its reads: a window's later parts are appended to the first,
-    the hash going on over them, so the CSV has one header and the rows of all parts."""
+    """One table's file from its reads: the first part's hash goes on over a window's later
+    parts, so size and SHA-256 are those of the file in the archive (one header, the rows of
+    all parts); `staged` lists the pieces the archive puts together."""
     first = reads[0]
     assert first.writer is not None
-    writer, rows = first.writer, sum(r.rows for r in reads)
-    if len(reads) > 1:
-        with first.target.open("ab") as handle:
-            writer = first.writer.resume(handle)
-            for later in reads[1:]:
-                with later.target.open("rb") as part:
-                    for block in iter(lambda: part.read(COPY_BLOCK), b""):
-                        writer.write(block)
-                later.target.unlink()
+    writer, rows = first.writer.resume(None), sum(r.rows for r in reads)
+    for later in reads[1:]:
+        with later.target.open("rb") as part:
+            for block in iter(lambda: part.read(COPY_BLOCK), b""):
+                writer.write(block)
+    staged = [{"file": read.target.relative_to(staging).as_posix(), "gzip": read.part == 0,
+               "size": read.writer.size} for read in reads if read.writer is not None]
     item = first.item
-    path = first.target.relative_to(staging).as_posix()
+    path = (layout.csv_path(item.table.qualified) if isinstance(item, WindowedTable)
+            else layout.dump_path(item.qualified))
     result = CopyResult(rows=rows, size=writer.size, sha256=writer.sha256)
     if isinstance(item, WindowedTable):
         table = item.table
@@ -201,7 +215,7 @@ def _assemble(reads: list[_Read], staging: Path, counted: dict[int, int]) -> _Ex
     else:
         entry = {"table": item.qualified, "kind": "critical", "path": path,
                  "rows": rows, "columns": list(item.columns)}
-    return _Exported(entry, _file_record(path, result), result.sha256, result.size,
+    return _Exported(entry, _file_record(path, result), staged, result.sha256, result.size,
                      sum(r.seconds for r in reads))
 
 
@@ -297,6 +311,8 @@ def build_database_export(settings: Settings) -> dg.AssetsDefinition:
                 "window": {"months": settings.transaction_months, "cutoff": cutoff.isoformat()},
                 "tables": tables,
                 "files": files,
+                # How the archive assembles each table's file from the staged pieces.
+                "staged": {e.entry["path"]: e.staged for e in exported},
                 "duration_seconds": round(time.monotonic() - started, 3),
             }
         (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2))

@@ -38,9 +38,9 @@ def dump_specs(settings: Settings) -> list[dg.AssetSpec]:
 
 def write_table_dump(snapshot: Snapshot, table: TableInfo, select: sql.Composable | str,
                      target: Path) -> tuple[int, HashingWriter]:
-    """Write `target` as a self-contained SQL data file of `select` (the plan's critical_query);
-    the trailer records the row count. Returns the rows and the writer (its size and SHA-256
-    cover the whole file)."""
+    """Write `target`, gzip-compressed, as a self-contained SQL data file of `select` (the
+    plan's critical_query); the trailer records the row count. Returns the rows and the writer
+    (its size and SHA-256 are the plain file's)."""
     columns = ", ".join(quote_identifier(c) for c in table.columns)
     header = (
         f"--\n-- backup_pipeline: data of table {table.qualified}\n--\n\n"
@@ -50,10 +50,11 @@ def write_table_dump(snapshot: Snapshot, table: TableInfo, select: sql.Composabl
         "FROM stdin;\n"
     )
     with target.open("wb") as handle:
-        writer = HashingWriter(handle)
+        writer = HashingWriter(handle, gzip_level=layout.GZIP_LEVEL)
         writer.write(header.encode())
         rows = snapshot.copy_to(select, writer)
         writer.write(f"\\.\n\n{layout.END_OF_DATA}{rows} rows\n".encode())
+        writer.finish()
     return rows, writer
 
 

@@ -52,10 +52,11 @@ def window_cutoff(snapshot: Snapshot, months: int):
 
 
 def write_window_part(snapshot: Snapshot, select: sql.Composable | str, target: Path, *,
-                      header: bool) -> tuple[int, HashingWriter]:
-    """One part of a window as CSV (the first with the header); returns rows and the writer,
-    whose hash the export goes on with when it appends the later parts."""
+                      header: bool, gzip_level: int | None = None) -> tuple[int, HashingWriter]:
+    """One part of a window as CSV (the first with the header, compressed with `gzip_level`);
+    returns rows and the writer, whose hash the export goes on with over the later parts."""
     with target.open("wb") as handle:
-        writer = HashingWriter(handle)
+        writer = HashingWriter(handle, gzip_level=gzip_level)
         rows = snapshot.copy_to(select, writer, csv=True, header=header)
+        writer.finish()
     return rows, writer

@@ -28,6 +28,7 @@ from typing import IO
 
 import dagster as dg
 import psycopg
+from isal import isal_zlib
 from psycopg import sql
 from pydantic import Field
 
@@ -93,25 +94,41 @@ class CopyResult:
 
 
 class HashingWriter:
-    """Writes to a file while counting bytes and computing SHA-256, so no file is read twice."""
+    """Writes to a file while counting bytes and computing SHA-256, so no file is read twice.
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    With `gzip_level` the file gets the bytes compressed, as one gzip member (`finish` ends
+    it), while size and SHA-256 stay those of the plain bytes: the export compresses each table
+    as it arrives, in its reader's thread, and the archive takes the member as it is (a .tar.gz
+    may be a series of gzip members; gzip, tar and zlib read them as one stream). Without a
+    `stream` the writer only counts and hashes.
+    """
+
+    def __init__(self, stream: IO[bytes] | None, *, gzip_level: int | None = None) -> None:
         self._stream = stream
         self._hash = hashlib.sha256()
         self.size = 0
+        self._deflate = (None if gzip_level is None
+                         else isal_zlib.compressobj(gzip_level, isal_zlib.DEFLATED, 31))
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._stream.write(data)
+        if self._stream is not None:
+            self._stream.write(self._deflate.compress(data) if self._deflate else data)
         self._hash.update(data)
         self.size += len(data)
+
+    def finish(self) -> None:
+        """End the gzip member: the file is complete only after this."""
+        if self._deflate is not None and self._stream is not None:
+            self._stream.write(self._deflate.flush())
+        self._deflate = None
 
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
 
-    def resume(self, stream: IO[bytes]) -> HashingWriter:
-        """A writer that goes on where this one stopped: appending to the same file through
-        another handle, the size and SHA-256 cover both."""
+    def resume(self, stream: IO[bytes] | None) -> HashingWriter:
+        """A writer that goes on where this one stopped, so the size and SHA-256 cover the
+        bytes of both (a window's later parts after its first)."""
         writer = HashingWriter(stream)
         writer._hash = self._hash.copy()
         writer.size = self.size
