@@ -130,9 +130,9 @@ class _Read:
     older rows they reference), written to `target` by one session of the snapshot.
 
     A table's file, or a window's first part, is written gzip-compressed (a member the archive
-    takes as it is): compressing here runs while other sessions wait on the disk, where the
-    archive step would have had the CPU to itself and everyone waiting on it. A window's later
-    parts (usually small) stay plain, to be hashed after the first.
+    takes as it is): compressed here, it runs while the other sessions wait on the disk, where
+    in the archive step it ran alone after all of them. A window's later parts (usually small)
+    stay plain, to be hashed after the first.
     """
 
     index: int
