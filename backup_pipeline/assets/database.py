@@ -188,7 +188,7 @@ def _assemble(reads: list[_Read], staging: Path, counted: dict[int, int]) -> _Ex
     all parts); `staged` lists the pieces the archive puts together."""
     first = reads[0]
     assert first.writer is not None
-    writer, rows = first.writer.resume(None), sum(r.rows for r in reads)
+    writer, rows = first.writer.resume(), sum(r.rows for r in reads)
     for later in reads[1:]:
         with later.target.open("rb") as part:
             for block in iter(lambda: part.read(COPY_BLOCK), b""):

@@ -126,10 +126,10 @@ class HashingWriter:
     def sha256(self) -> str:
         return self._hash.hexdigest()
 
-    def resume(self, stream: IO[bytes] | None) -> HashingWriter:
-        """A writer that goes on where this one stopped, so the size and SHA-256 cover the
-        bytes of both (a window's later parts after its first)."""
-        writer = HashingWriter(stream)
+    def resume(self) -> HashingWriter:
+        """A writer that only hashes and counts, going on where this one stopped, so the size
+        and SHA-256 cover the bytes of both (a window's later parts after its first)."""
+        writer = HashingWriter(None)
         writer._hash = self._hash.copy()
         writer.size = self.size
         return writer
