@@ -14,6 +14,8 @@ EMAIL_TAG = "backup_pipeline/email"
 
 def failure_kind(error_text: str) -> str:
     text = error_text.lower()
+    if "restoreprooferror" in text:
+        return "proof"
     if "databaseconnectionerror" in text or "could not connect to postgresql" in text:
         return "database"
     if "diskspaceerror" in text or "no space left" in text or "not enough free disk" in text:
@@ -49,6 +51,18 @@ def troubleshooting(kind: str, settings: Settings) -> list[str]:
             "Check the disk for errors (dmesg, smartctl) and the archive size against "
             "BACKUP_MIN_SIZE_MB and BACKUP_MAX_SIZE_MB.",
             "Run the backup again; if it fails the same way, keep the previous archive safe.",
+        ],
+        "proof": [
+            "The new archive was made and verified but did NOT restore to what it holds (the "
+            "error above names the table or the statement): it stays in BACKUP_DIR under its "
+            "name, but it is not recorded as a good backup and retention did not run.",
+            "Your last good backup is still the one `backup-pipeline status` names (newest "
+            "recorded good, not the newest file): keep it safe.",
+            "Reproduce it: backup-pipeline restore <that archive> --target "
+            "\"host=... dbname=scratch user=...\" on a scratch database.",
+            "A table the error names but the backup does not hold: add it to BACKUP_TABLES. A "
+            "missing program or no room for the throwaway server: see the error; "
+            "BACKUP_DRILL_DSN can name a scratch database instead.",
         ],
         "email": [
             "Check SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASS, SMTP_SECURITY and ADMIN_EMAILS.",

@@ -31,7 +31,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _restore(args: argparse.Namespace) -> int:
     import psycopg
 
-    from backup_pipeline.resources.postgres import PgDumpError
+    from backup_pipeline.pg import PgDumpError
     from backup_pipeline.restore import RestoreError, restore_archive
 
     started = time.monotonic()
@@ -42,7 +42,8 @@ def _restore(args: argparse.Namespace) -> int:
     try:
         report = restore_archive(
             Path(args.archive), args.target, force=args.force, tables=args.table or None,
-            config_to=Path(args.config_to) if args.config_to else None, progress=progress,
+            config_to=Path(args.config_to) if args.config_to else None,
+            no_owner=args.no_owner, progress=progress,
         )
     except (RestoreError, OSError, ValueError, psycopg.Error, PgDumpError) as error:
         # Whatever went wrong, nothing was committed: say so in one line, no traceback.
@@ -95,6 +96,12 @@ def _status(args: argparse.Namespace) -> int:
         rate = status.success_rate
         print(f"success rate      {rate['succeeded']}/{rate['finished']} of the last runs"
               + (f" ({rate['percent']} %)" if rate["percent"] is not None else ""))
+    proof = status.last_restore_proof
+    print("restore proof     " + (
+        f"restored and compared in {proof['seconds']:.0f} s into {proof['target']} (measured "
+        f"recovery time of the last good backup)" if proof
+        else "none: the last good backup was not restored (BACKUP_RESTORE_PROOF=off or older)"
+        if status.last_success_at else "never"))
     drill = status.last_restore_drill
     print("last restore drill " + (
         f"{drill['archive']}: {'ok' if drill['ok'] else 'FAILED'} in {drill['restore_seconds']} s "
@@ -171,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     restore.add_argument("--table", action="append", metavar="NAME",
                          help="merge only this table's rows into an existing database "
                               "(repeatable)")
+    restore.add_argument("--no-owner", action="store_true",
+                         help="leave out owners, grants and roles: every object belongs to the "
+                              "restoring user (for a user who may not create roles)")
     restore.add_argument("--config-to", metavar="DIR", help="also write config/ out to DIR")
     restore.set_defaults(func=_restore)
 

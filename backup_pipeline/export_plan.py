@@ -5,6 +5,21 @@ point at a purchase from last year. Restoring it without that purchase would lea
 that cannot be validated, so the plan widens each windowed table by the rows that backed-up rows
 reference (following chains across the windowed tables), and refuses up front a foreign key from a
 backed-up table into a table that is not backed up at all, naming the fix.
+
+Foreign keys come from the whole catalogue, whatever relation they are declared on: a key
+declared on a partition (as Pagila declares its payments' keys) or on a partitioned parent, or
+one referencing a partition, counts as a key of the backed-up table that holds the partition's
+rows. Inheritance children are tables of their own (read with ONLY), so a parent backed up
+without its children is refused, as is a partition backed up beside its own parent (its rows
+would be in the archive twice).
+
+The plan also refuses what would make an archive silently short: a table whose row-level
+security policies apply to POSTGRES_USER (the export reads with `row_security = off`, as pg_dump
+does, and names the fix).
+
+Every query here renders the same text for the export and for the restore proof, which reads
+the restored database with the same queries and must find the same bytes: the older rows a
+window keeps are written in a total order (`older_rows_order`), so they can be read back in it.
 """
 
 from __future__ import annotations
@@ -37,22 +52,32 @@ class TableInfo:
         return f"{self.schema}.{self.name}"
 
     @property
+    def partitioned(self) -> bool:
+        return self.relkind == "p"
+
+    @property
     def identifier(self) -> sql.Identifier:
         return sql.Identifier(self.schema, self.name)
 
     @property
-    def column_list(self) -> sql.Composable:
-        return sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
-
-    @property
     def source(self) -> sql.Composable:
-        """FROM target: ONLY for plain tables (inheritance children are their own tables)."""
-        only = sql.SQL("") if self.relkind == "p" else sql.SQL("ONLY ")
-        return only + self.identifier
+        return table_source(self.schema, self.name, self.partitioned)
+
+
+@dataclass(frozen=True)
+class OrderColumn:
+    """One column of the order the older rows of a window are written in. Text is compared
+    byte by byte (COLLATE "C"): a restored database may have another default collation."""
+
+    name: str
+    collatable: bool
 
 
 @dataclass(frozen=True)
 class ForeignKey:
+    """A foreign key between two backed-up tables (the tables holding the rows of the
+    relations it is declared on and references)."""
+
     name: str
     source: int
     source_columns: tuple[str, ...]
@@ -64,6 +89,64 @@ class ForeignKey:
 class WindowedTable:
     table: TableInfo
     timestamp_column: str
+    # A unique key of the table whose columns are never NULL, or () to order by the whole row.
+    older_rows_order: tuple[OrderColumn, ...] = ()
+
+
+def table_source(schema: str, name: str, partitioned: bool) -> sql.Composable:
+    """FROM target: ONLY for plain tables (inheritance children are their own tables), all
+    partitions for a partitioned one."""
+    only = sql.SQL("") if partitioned else sql.SQL("ONLY ")
+    return only + sql.Identifier(schema, name)
+
+
+def column_list(columns: tuple[str, ...] | list[str], alias: str | None = None
+                ) -> sql.Composable:
+    names = (sql.Identifier(alias, c) if alias else sql.Identifier(c) for c in columns)
+    return sql.SQL(", ").join(names)
+
+
+def select_all(columns: tuple[str, ...] | list[str], source: sql.Composable) -> sql.Composable:
+    """Every row of a table backed up whole (COPY text format makes pg_dump's data section)."""
+    return sql.SQL("SELECT {cols} FROM {src}").format(cols=column_list(columns), src=source)
+
+
+def in_window(timestamp_column: str, cutoff: datetime, alias: str | None = None
+              ) -> sql.Composable:
+    """The window's condition. The cut-off is a timestamptz: a `timestamp without time zone`
+    column is read in the sessions' time zone (UTC) and a `date` as that day's 00:00 UTC."""
+    column = sql.Identifier(alias, timestamp_column) if alias else sql.Identifier(
+        timestamp_column)
+    return sql.SQL("{ts} >= {cutoff}").format(ts=column, cutoff=sql.Literal(cutoff))
+
+
+def select_window(columns: tuple[str, ...] | list[str], source: sql.Composable,
+                  timestamp_column: str, cutoff: datetime) -> sql.Composable:
+    return sql.SQL("SELECT {cols} FROM {src} WHERE {window}").format(
+        cols=column_list(columns), src=source, window=in_window(timestamp_column, cutoff))
+
+
+def order_by(order: tuple[OrderColumn, ...], columns: tuple[str, ...] | list[str],
+             alias: str) -> sql.Composable:
+    """ORDER BY the unique key, or the backed-up columns as one text: the same total order on
+    any server (rows equal in that text are equal in the file too)."""
+    if not order:
+        return sql.SQL("ORDER BY ROW({})::text COLLATE \"C\"").format(
+            column_list(columns, alias))
+    return sql.SQL("ORDER BY ") + sql.SQL(", ").join(
+        sql.SQL("{} COLLATE \"C\"" if c.collatable else "{}").format(sql.Identifier(alias, c.name))
+        for c in order)
+
+
+def select_before_window(columns: tuple[str, ...] | list[str], source: sql.Composable,
+                         timestamp_column: str, cutoff: datetime,
+                         order: tuple[OrderColumn, ...]) -> sql.Composable:
+    """Every row outside the window, in the archive's order: in a restored database these are
+    exactly the older rows the archive kept."""
+    return sql.SQL("SELECT {cols} FROM {src} o WHERE ({window}) IS NOT TRUE {order}").format(
+        cols=column_list(columns, "o"), src=source,
+        window=in_window(timestamp_column, cutoff, "o"),
+        order=order_by(order, columns, "o"))
 
 
 @dataclass
@@ -73,6 +156,8 @@ class ExportPlan:
     cutoff: datetime
     months: int
     foreign_keys: list[ForeignKey] = field(default_factory=list)
+    # Constraints the source holds NOT VALID: they stay so after a restore, and are no defect.
+    not_valid_constraints: list[str] = field(default_factory=list)
     # The planner's estimate of each window's rows, by table oid: enough to order the reads and
     # check the disk. The export counts them exactly while the reads run (`window_count`).
     estimated_in_window: dict[int, float] = field(default_factory=dict)
@@ -91,27 +176,28 @@ class ExportPlan:
 
     def critical_query(self, table: TableInfo) -> sql.Composable:
         """Every row of a critical table (COPY text format makes pg_dump's data section)."""
-        return sql.SQL("SELECT {cols} FROM {src}").format(cols=table.column_list, src=table.source)
+        return select_all(table.columns, table.source)
 
     def window_query(self, windowed: WindowedTable) -> sql.Composable:
         """The window plus every row a backed-up row references (written out as CSV)."""
-        return sql.SQL(" UNION ALL ").join(self.window_parts(windowed))
+        return sql.SQL(" UNION ALL ").join(
+            sql.SQL("({})").format(part) for part in self.window_parts(windowed))
 
     def window_parts(self, windowed: WindowedTable) -> list[sql.Composable]:
         """The window's rows, then (when backed-up rows reference older ones) the older rows.
 
         Two index-friendly halves, so the cost follows the backed-up rows and not the table:
         the window by its timestamp index, then the older rows that are referenced, looked up
-        by their key (see `_older_rows`). The export reads them in separate sessions at once and
-        writes the second after the first, in the same file.
+        by their key (see `_older_rows`) and sorted in `older_rows_order`. The export reads them
+        in separate sessions at once and writes the second after the first, in the same file.
         """
         table = windowed.table
-        parts: list[sql.Composable] = [
-            sql.SQL("SELECT {cols} FROM {src} WHERE {window}").format(
-                cols=table.column_list, src=table.source, window=self._in_window(windowed))]
+        parts = [select_window(table.columns, table.source, windowed.timestamp_column,
+                               self.cutoff)]
         older = self._older_rows(windowed, len(self.windowed), list(table.columns))
         if older is not None:
-            parts.append(older)
+            parts.append(sql.SQL("SELECT * FROM ({older}) o {order}").format(
+                older=older, order=order_by(windowed.older_rows_order, table.columns, "o")))
         return parts
 
     def window_estimate(self, windowed: WindowedTable) -> sql.Composable:
@@ -124,8 +210,7 @@ class ExportPlan:
             src=windowed.table.source, window=self._in_window(windowed))
 
     def _in_window(self, windowed: WindowedTable) -> sql.Composable:
-        return sql.SQL("{ts} >= {cutoff}").format(
-            ts=sql.Identifier(windowed.timestamp_column), cutoff=sql.Literal(self.cutoff))
+        return in_window(windowed.timestamp_column, self.cutoff)
 
     def _older_rows(self, windowed: WindowedTable, depth: int, columns: list[str],
                     not_null: bool = False) -> sql.Composable | None:
@@ -266,19 +351,77 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass(%s) AND c.relkind IN ('r', 'p')
 """
 
-_FOREIGN_KEY_QUERY = """
-SELECT con.conname, con.conrelid::int,
+# Every foreign key once (`conparentid = 0` leaves out the copies PostgreSQL makes on each
+# partition of a parent's key, and on each partition a key into a partitioned table points at),
+# with the backed-up tables that hold the rows of both sides: the relation itself, or the
+# nearest backed-up partitioned parent of a partition (pg_partition_ancestors lists a partition
+# first, then its parents; it lists nothing for a table outside any partition tree).
+_HOLDER = """(SELECT r.oid::int FROM (SELECT {rel}::oid AS oid, 0 AS depth UNION ALL
+              SELECT a.relid::oid, a.depth FROM pg_partition_ancestors({rel})
+                                                WITH ORDINALITY a(relid, depth)) r
+        WHERE r.oid = ANY(%(backed_up)s::oid[]) ORDER BY r.depth LIMIT 1)"""
+_FOREIGN_KEY_QUERY = f"""
+SELECT con.conname, con.conrelid::regclass::text, con.confrelid::regclass::text,
+       (SELECT relispartition FROM pg_class WHERE oid = con.confrelid),
+       {_HOLDER.format(rel="con.conrelid")}, {_HOLDER.format(rel="con.confrelid")},
        array(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(attnum, i)
              JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
              ORDER BY k.i),
-       con.confrelid::int,
        array(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY k(attnum, i)
              JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum
-             ORDER BY k.i),
-       con.conrelid::regclass::text, con.confrelid::regclass::text
+             ORDER BY k.i)
 FROM pg_constraint con
-WHERE con.contype = 'f'
-ORDER BY con.conname
+WHERE con.contype = 'f' AND con.conparentid = 0
+ORDER BY con.conname, con.oid
+"""
+
+_NESTED_QUERY = """
+SELECT t.oid::regclass::text, a.relid::regclass::text
+FROM pg_class t, pg_partition_ancestors(t.oid) a
+WHERE t.oid = ANY(%(backed_up)s::oid[]) AND a.relid::oid <> t.oid
+  AND a.relid::oid = ANY(%(backed_up)s::oid[])
+ORDER BY 1
+"""
+
+_INHERITANCE_QUERY = """
+SELECT i.inhparent::regclass::text, string_agg(i.inhrelid::regclass::text, ', ' ORDER BY 1)
+FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent
+WHERE p.relkind = 'r' AND i.inhparent = ANY(%(backed_up)s::oid[])
+  AND NOT i.inhrelid = ANY(%(backed_up)s::oid[])
+GROUP BY 1 ORDER BY 1
+"""
+
+_ROW_SECURITY_QUERY = """
+SELECT c.oid::regclass::text, c.relforcerowsecurity, pg_get_userbyid(c.relowner) = current_user
+FROM pg_class c
+WHERE c.oid = ANY(%(backed_up)s::oid[]) AND row_security_active(c.oid)
+ORDER BY 1
+"""
+
+_NOT_VALID_QUERY = """
+SELECT format('%I.%I.%I', n.nspname, c.relname, con.conname)
+FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT con.convalidated AND con.contype IN ('c', 'f')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+ORDER BY 1
+"""
+
+# The primary key, else the narrowest unique index of plain NOT NULL columns.
+_ORDER_KEY_QUERY = """
+SELECT array(SELECT a.attname FROM unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY
+             k(attnum, n) JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+             ORDER BY k.n),
+       array(SELECT a.attcollation <> 0 FROM unnest(i.indkey[0:i.indnkeyatts - 1])
+             WITH ORDINALITY k(attnum, n)
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+             ORDER BY k.n)
+FROM pg_index i
+WHERE i.indrelid = %s AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+  AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey[0:i.indnkeyatts - 1]) k(attnum)
+                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                  WHERE NOT a.attnotnull)
+ORDER BY i.indisprimary DESC, i.indnkeyatts, i.indexrelid
 """
 
 _TIMESTAMP_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
@@ -309,8 +452,76 @@ def _check_timestamp_column(conn: psycopg.Connection, table: TableInfo, column: 
         found = f"it is {row[0]}" if row else "it has no such column"
         raise ExportPlanError(
             f"BACKUP_TRANSACTION_TABLES selects {table.qualified} by {column!r}, but {found}: "
-            f"name its timestamp column as 'table:column', e.g. '{table.name}:created_at'."
+            f"name its timestamp, timestamptz or date column as 'table:column', e.g. "
+            f"'{table.name}:created_at'."
         )
+
+
+def _older_rows_order(conn: psycopg.Connection, table: TableInfo) -> tuple[OrderColumn, ...]:
+    for names, collatable in conn.execute(_ORDER_KEY_QUERY, (table.oid,)):
+        if set(names) <= set(table.columns):
+            return tuple(OrderColumn(n, c) for n, c in zip(names, collatable, strict=True))
+    return ()
+
+
+def _check_whole_tables(conn: psycopg.Connection, backed_up: list[int]) -> None:
+    """A partition beside its parent would be in the archive twice; an inheritance parent
+    without its children would come back without their rows (read with ONLY)."""
+    params = {"backed_up": backed_up}
+    for partition, parent in conn.execute(_NESTED_QUERY, params):
+        raise ExportPlanError(
+            f"{partition} is a partition of {parent}, and both are backed up: its rows would be "
+            f"in the archive twice. Back up only {parent} (it holds every partition's rows)."
+        )
+    for parent, children in conn.execute(_INHERITANCE_QUERY, params):
+        raise ExportPlanError(
+            f"{parent} is backed up but its inheritance children {children} are not: a restored "
+            f"{parent} would lack their rows (SELECT ... FROM {parent} includes them). Add "
+            f"{children} to BACKUP_TABLES (or BACKUP_TRANSACTION_TABLES), or stop backing up "
+            f"{parent}."
+        )
+
+
+def _check_row_security(conn: psycopg.Connection, backed_up: list[int], user: str) -> None:
+    """pg_dump's rule: reading through row-level security policies would make a short archive
+    whose row counts still "match", so such a table fails the run up front."""
+    for table, forced, owner in conn.execute(_ROW_SECURITY_QUERY, {"backed_up": backed_up}):
+        why = ("it FORCEs row-level security on its owner" if forced and owner
+               else "its row-level security policies apply")
+        raise ExportPlanError(
+            f"{table} cannot be backed up completely: {why}, so POSTGRES_USER {user} would only "
+            f"read the rows the policies let it see. Run the backup as a role that bypasses "
+            f"row-level security (ALTER ROLE {user} BYPASSRLS, as a superuser, or a read-only "
+            f"backup role with BYPASSRLS and pg_read_all_data: docs/BACKUP_OPERATIONS.md), or "
+            f"as a superuser."
+        )
+
+
+def _foreign_keys(conn: psycopg.Connection, backed_up: list[int]) -> list[ForeignKey]:
+    """The keys between backed-up tables; a key from a backed-up table into one that is not
+    fails the run, naming the fix."""
+    foreign_keys = []
+    for (name, declared_on, references, into_partition, source, target, src_cols,
+         dst_cols) in conn.execute(_FOREIGN_KEY_QUERY, {"backed_up": backed_up}):
+        if source is None:
+            continue
+        if target is None:
+            holder = conn.execute("SELECT %s::oid::regclass::text", (source,)).fetchone()[0]
+            whose = "its" if holder == declared_on else f"its partition {declared_on}'s"
+            parent = " (or its partitioned parent)" if into_partition else ""
+            raise ExportPlanError(
+                f"{holder} is backed up but {whose} foreign key {name} references "
+                f"{references}, which is not: the restored {holder} could not keep that "
+                f"constraint. Add {references}{parent} to BACKUP_TABLES (or "
+                f"BACKUP_TRANSACTION_TABLES), or stop backing up {holder}."
+            )
+        key = ForeignKey(name, source, tuple(src_cols), target, tuple(dst_cols))
+        # The same key declared on each partition is one key of the table that holds them.
+        if not any((k.source, k.source_columns, k.target, k.target_columns)
+                   == (key.source, key.source_columns, key.target, key.target_columns)
+                   for k in foreign_keys):
+            foreign_keys.append(key)
+    return foreign_keys
 
 
 def build_plan(conn: psycopg.Connection, settings: Settings, cutoff: datetime) -> ExportPlan:
@@ -320,18 +531,15 @@ def build_plan(conn: psycopg.Connection, settings: Settings, cutoff: datetime) -
     for entry in settings.transaction_tables:
         table = _resolve(conn, entry.name, "BACKUP_TRANSACTION_TABLES")
         _check_timestamp_column(conn, table, entry.timestamp_column)
-        windowed.append(WindowedTable(table, entry.timestamp_column))
-    backed_up = {t.oid for t in critical} | {w.table.oid for w in windowed}
-    foreign_keys = []
-    for name, src, src_cols, dst, dst_cols, src_name, dst_name in conn.execute(_FOREIGN_KEY_QUERY):
-        if src in backed_up and dst not in backed_up:
-            raise ExportPlanError(
-                f"{src_name} is backed up but its foreign key {name} references {dst_name}, which "
-                f"is not: the restored {src_name} could not keep that constraint. Add {dst_name} "
-                f"to BACKUP_TABLES (or BACKUP_TRANSACTION_TABLES), or stop backing up {src_name}."
-            )
-        foreign_keys.append(ForeignKey(name, src, tuple(src_cols), dst, tuple(dst_cols)))
-    plan = ExportPlan(critical, windowed, cutoff, settings.transaction_months, foreign_keys)
+        windowed.append(WindowedTable(table, entry.timestamp_column,
+                                      _older_rows_order(conn, table)))
+    backed_up = [t.oid for t in critical] + [w.table.oid for w in windowed]
+    _check_whole_tables(conn, backed_up)
+    user = conn.execute("SELECT current_user").fetchone()[0]
+    _check_row_security(conn, backed_up, user)
+    plan = ExportPlan(critical, windowed, cutoff, settings.transaction_months,
+                      _foreign_keys(conn, backed_up),
+                      [row[0] for row in conn.execute(_NOT_VALID_QUERY)])
     for entry in windowed:
         explained = conn.execute(plan.window_estimate(entry)).fetchone()
         plan.estimated_in_window[entry.table.oid] = float(explained[0][0]["Plan"]["Plan Rows"])

@@ -56,6 +56,8 @@ class BackupStatus:
     success_rate: dict | None = None
     history_source: str = "status files"
     last_restore_drill: dict | None = None
+    # The newest good archive's restore proof: {"seconds", "target"}, None when not proven.
+    last_restore_proof: dict | None = None
     last_email: dict | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -137,6 +139,7 @@ def collect_status(settings: Settings, with_history: bool = True) -> BackupStatu
         last_size_mb=_read_int(root / layout.LAST_SIZE_FILE),
         free_disk_mb=free,
         last_restore_drill=_read_json(root / layout.LAST_DRILL_FILE),
+        last_restore_proof=(last or {}).get("restore_proof"),
         last_email=_read_json(root / layout.LAST_EMAIL_FILE),
     )
     if with_history:

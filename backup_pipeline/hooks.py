@@ -20,6 +20,7 @@ import dagster as dg
 
 from backup_pipeline.alerts import ALERT_TAG, EMAIL_TAG, failure_kind, troubleshooting
 from backup_pipeline.assets.archive import archive_materialization
+from backup_pipeline.assets.restore_proof import PROOF_KEY
 from backup_pipeline.emails.render import (
     FailureInfo,
     failure_email,
@@ -84,6 +85,9 @@ def build_hooks(settings: Settings) -> tuple[dg.HookDefinition, dg.HookDefinitio
             manifest, archive, metadata["bytes"].value,
             metadata["sha256"].value, time.time() - started if started else None,
             run_url(settings, context.run_id))
+        proven = archive_materialization(context.instance, context.run_id, PROOF_KEY)
+        if proven is not None:
+            summary.proof = proven.metadata["result"].value
         message = success_email(mailer, summary, settings.email_max_mb,
                                 context.resources.links.link_for(archive.name))
         result = mailer.send(message, kind="success")

@@ -28,9 +28,10 @@ CONFIG_DIR = "config"
 SCHEMA_PRE_DATA = f"{DATABASE_DIR}/_schema_pre_data.sql"
 SCHEMA_POST_DATA = f"{DATABASE_DIR}/_schema_post_data.sql"
 SEQUENCES = f"{DATABASE_DIR}/_sequences.sql"
+ROLES = f"{DATABASE_DIR}/_roles.sql"
 RESTORE_SCRIPT = f"{DATABASE_DIR}/_restore.psql"
 RESERVED_TABLE_FILES = frozenset(
-    {"_schema_pre_data", "_schema_post_data", "_sequences", "_restore"}
+    {"_schema_pre_data", "_schema_post_data", "_sequences", "_restore", "_roles"}
 )
 
 # Status files the seeds' monitoring reads, in BACKUP_DIR.
@@ -42,7 +43,9 @@ LAST_EMAIL_FILE = ".last_email.json"
 LOCK_FILE = ".backup.lock"
 STAGING_DIR = ".staging"
 
-MANIFEST_FORMAT = 1
+# 2: the schema keeps owners and privileges, database/_roles.sql, tables say whether they are
+# partitioned and the order of a window's older rows (the restore proof reads them back in it).
+MANIFEST_FORMAT = 2
 # ISA-L's strongest level: a standard .tar.gz (gzip -t, tar -xzf) about 7 % larger than
 # `tar -czf` (gzip -6) makes of the same files, in a seventh of gzip's CPU time (measured on
 # the sample data: benchmarks/run.py and the README's performance section).

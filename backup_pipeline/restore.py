@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,7 +28,11 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from backup_pipeline import layout
-from backup_pipeline.resources.postgres import find_pg_binary
+from backup_pipeline.export_plan import table_source
+from backup_pipeline.pg import reader_settings
+from backup_pipeline.restore_checks import compare_content, invalid_constraints, sequences_behind
+from backup_pipeline.restore_load import LoadError, load_archive
+from backup_pipeline.roles import Role
 from backup_pipeline.verify import VerificationReport, verify_archive
 
 Progress = Callable[[str], None]
@@ -47,10 +50,12 @@ class TableComparison:
     expected: int
     restored: int
     note: str = ""
+    # Why the restored content is not the archive's (None: identical, or not compared).
+    content_problem: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.expected == self.restored
+        return self.expected == self.restored and self.content_problem is None
 
 
 @dataclass
@@ -59,12 +64,30 @@ class RestoreReport:
     target: str
     seconds: float = 0.0
     tables: list[TableComparison] = field(default_factory=list)
-    invalid_foreign_keys: list[str] = field(default_factory=list)
+    invalid_constraints: list[str] = field(default_factory=list)
+    sequences_behind: list[str] = field(default_factory=list)
+    roles_created: list[str] = field(default_factory=list)
+    content_compared: bool = False
     config_written: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(t.ok for t in self.tables) and not self.invalid_foreign_keys
+        return (all(t.ok for t in self.tables) and not self.invalid_constraints
+                and not self.sequences_behind)
+
+    @property
+    def problems(self) -> list[str]:
+        """Every mismatch, each naming its table, constraint or sequence."""
+        found = []
+        for t in self.tables:
+            if t.expected != t.restored:
+                found.append(f"{t.table}: {t.restored} rows restored, the archive holds "
+                             f"{t.expected}")
+            elif t.content_problem:
+                found.append(f"{t.table}: {t.content_problem}")
+        found += [f"constraint {c} is NOT valid after the restore"
+                  for c in self.invalid_constraints]
+        return found + [f"sequence {s}" for s in self.sequences_behind]
 
     def table_text(self) -> str:
         width = max([len(t.table) for t in self.tables] + [5])
@@ -73,10 +96,18 @@ class RestoreReport:
             state = "ok" if t.ok else "MISMATCH"
             lines.append(f"{t.table:<{width}}  {t.expected:>9}  {t.restored:>9}  {state} {t.note}"
                          .rstrip())
-        if self.invalid_foreign_keys:
-            lines.append("foreign keys NOT valid: " + ", ".join(self.invalid_foreign_keys))
+        if self.content_compared:
+            lines.append("every table's content is byte for byte the archive's"
+                         if not any(t.content_problem for t in self.tables)
+                         else "content NOT the archive's: " + "; ".join(
+                             f"{t.table}: {t.content_problem}" for t in self.tables
+                             if t.content_problem))
+        if self.invalid_constraints:
+            lines.append("constraints NOT valid: " + ", ".join(self.invalid_constraints))
         else:
-            lines.append("every foreign key is valid")
+            lines.append("every foreign key and check constraint is valid")
+        if self.sequences_behind:
+            lines.append("sequences BEHIND their column: " + "; ".join(self.sequences_behind))
         return "\n".join(lines)
 
 
@@ -163,54 +194,96 @@ def compare_counts(conn: psycopg.Connection, manifest: dict) -> list[TableCompar
     tables = []
     for entry in manifest["tables"]:
         schema, name = entry["table"].split(".", 1)
+        partitioned = conn.execute(
+            "SELECT relkind = 'p' FROM pg_class WHERE oid = %s::regclass",
+            (sql.Identifier(schema, name).as_string(conn),)).fetchone()[0]
         count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-            sql.Identifier(schema, name))).fetchone()[0]
+            table_source(schema, name, partitioned))).fetchone()[0]
         tables.append(TableComparison(entry["table"], entry["rows"], count))
     return tables
 
 
-def invalid_foreign_keys(conn: psycopg.Connection) -> list[str]:
-    """Foreign keys PostgreSQL does not consider valid (NOT VALID, never checked)."""
-    return [row[0] for row in conn.execute(
-        "SELECT conrelid::regclass || '.' || conname FROM pg_constraint "
-        "WHERE contype = 'f' AND NOT convalidated ORDER BY 1")]
+def _missing_roles(conn: psycopg.Connection, roles: list[Role]) -> list[Role]:
+    present = {row[0] for row in conn.execute("SELECT rolname FROM pg_roles")}
+    return [role for role in roles if role.name not in present]
 
 
-def full_restore(workdir: Path, dsn: str, force: bool, progress: Progress) -> None:
-    with psycopg.connect(dsn) as conn:
+def check_roles(conn: psycopg.Connection, roles: list[Role], target: str) -> list[Role]:
+    """The roles the target lacks, after checking that this user can create them and hand
+    objects to the owners; refuses up front (naming the roles and the fix) when it cannot."""
+    missing = _missing_roles(conn, roles)
+    user, superuser, createrole = conn.execute(
+        "SELECT current_user, rolsuper, rolcreaterole FROM pg_roles "
+        "WHERE rolname = current_user").fetchone()
+    if missing and not (superuser or createrole):
+        names = ", ".join(r.name for r in missing)
+        raise RestoreError(
+            f"the archive's schema names roles that {target} lacks ({names}) and {user} may not "
+            f"create roles. Restore as a superuser, create them first (CREATE ROLE name "
+            f"NOLOGIN), or pass --no-owner (every object then belongs to {user}, without the "
+            f"archive's grants). Nothing was changed.")
+    owners = [r.name for r in roles if r.owner and r.name != user]
+    if owners and not superuser:
+        foreign = [name for name in owners if name in {r.name for r in missing}
+                   or not conn.execute("SELECT pg_has_role(%s, 'MEMBER')", (name,)).fetchone()[0]]
+        if foreign:
+            raise RestoreError(
+                f"objects in this archive belong to {', '.join(foreign)}, and {user} is neither "
+                f"a superuser nor a member of those roles, so it cannot give the objects back "
+                f"to them. Restore as a superuser, or pass --no-owner. Nothing was changed.")
+    return missing
+
+
+def full_restore(workdir: Path, dsn: str, manifest: dict, force: bool, no_owner: bool,
+                 progress: Progress) -> list[str]:
+    """Everything in one transaction; returns the roles it created."""
+    target = describe_target(dsn)
+    roles = [] if no_owner else [Role.from_json(r) for r in manifest.get("roles", [])]
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
         present = existing_tables(conn)
-        replace = _replace_statements(conn) if present else ""
-    if present and not force:
-        shown = ", ".join(present[:8]) + (", ..." if len(present) > 8 else "")
-        raise RestoreError(
-            f"{describe_target(dsn)} already has {len(present)} tables ({shown}): refusing to "
-            f"restore over them. Restore into an empty database, or pass --force to replace them "
-            f"(every schema is dropped in the same transaction as the restore, so a failed "
-            f"restore changes nothing)."
-        )
-    if present:
-        progress(f"replacing {len(present)} existing tables (--force)")
-    psql = find_pg_binary("psql", os.environ.get("BACKUP_PG_BINDIR"))
-    command = [str(psql), "-X", "-v", "ON_ERROR_STOP=1", "--single-transaction", "--no-psqlrc"]
-    if replace:
-        command += ["-c", replace]
-    command += ["-f", layout.RESTORE_SCRIPT]
-    progress("restoring in one transaction: schema, tables, transactions, sequences, "
-             "indexes and constraints")
-    started = time.monotonic()
-    with subprocess.Popen(command, cwd=workdir, env=_libpq_env(dsn), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as psql:
-        assert psql.stdout is not None
-        for line in psql.stdout:
-            line = line.strip()
-            if line:
-                progress(f"  {line}  ({time.monotonic() - started:.1f} s)")
-        errors = psql.stderr.read() if psql.stderr else ""
-    if psql.returncode != 0:
-        raise RestoreError(
-            f"psql stopped at the first error (exit {psql.returncode}); the transaction was "
-            f"rolled back and {describe_target(dsn)} is as it was: {errors.strip()}"
-        )
+        if present and not force:
+            shown = ", ".join(present[:8]) + (", ..." if len(present) > 8 else "")
+            raise RestoreError(
+                f"{target} already has {len(present)} tables ({shown}): refusing to "
+                f"restore over them. Restore into an empty database, or pass --force to replace "
+                f"them (every schema is dropped in the same transaction as the restore, so a "
+                f"failed restore changes nothing)."
+            )
+        missing = check_roles(conn, roles, target) if roles else []
+        if present:
+            progress(f"replacing {len(present)} existing tables (--force)")
+        for role in missing:
+            progress(f"creating role {role.name}: NOLOGIN, no password (on the source: "
+                     f"{role.source_attributes}); give it its login afterwards with "
+                     f"ALTER ROLE {role.name} LOGIN PASSWORD '...'")
+        progress("restoring in one transaction: " + ("roles, " if roles else "")
+                 + "schema, tables, transactions, sequences, indexes and constraints"
+                 + (" (without owners and privileges: --no-owner)" if no_owner else ""))
+        conn.execute("SET client_encoding = 'UTF8'")
+        try:
+            with conn.transaction():
+                load_archive(conn, workdir, manifest, roles=roles, no_owner=no_owner,
+                             replace=_replace_statements(conn) if present else "",
+                             progress=progress)
+        except (LoadError, psycopg.Error) as error:
+            raise RestoreError(
+                f"the restore stopped at the first error; the transaction was rolled back and "
+                f"{target} is as it was: {error}") from None
+    return [role.name for role in missing]
+
+
+def compare_restored(dsn: str, manifest: dict, report: RestoreReport) -> None:
+    """Counts, content, constraints and sequences of a full restore against the archive."""
+    with psycopg.connect(dsn) as conn:
+        report.tables = compare_counts(conn, manifest)
+        report.invalid_constraints = invalid_constraints(
+            conn, manifest.get("not_valid_constraints", []))
+        report.sequences_behind = sequences_behind(conn)
+    content = {r.table: r for r in compare_content(dsn, _libpq_env(dsn), manifest,
+                                                   reader_settings(60))}
+    report.content_compared = any(r.rows >= 0 for r in content.values())
+    for table in report.tables:
+        table.content_problem = content[table.table].problem
 
 
 def _primary_key(conn: psycopg.Connection, schema: str, name: str) -> list[str]:
@@ -352,7 +425,7 @@ def write_config(workdir: Path, manifest: dict, target: Path, progress: Progress
 
 def restore_archive(archive: Path, target_dsn: str, *, force: bool = False,
                     tables: list[str] | None = None, config_to: Path | None = None,
-                    progress: Progress = print) -> RestoreReport:
+                    no_owner: bool = False, progress: Progress = print) -> RestoreReport:
     """Verify, then restore `archive` into `target_dsn` (everything, or only `tables`)."""
     started = time.monotonic()
     archive = Path(archive)
@@ -364,14 +437,15 @@ def restore_archive(archive: Path, target_dsn: str, *, force: bool = False,
         if tables:
             report.tables = partial_restore(workdir, target_dsn, manifest, tables, progress)
             with psycopg.connect(target_dsn) as conn:
-                report.invalid_foreign_keys = invalid_foreign_keys(conn)
+                report.invalid_constraints = invalid_constraints(
+                    conn, manifest.get("not_valid_constraints", []))
         else:
             ensure_database(target_dsn, progress)
-            full_restore(workdir, target_dsn, force, progress)
-            progress("comparing with the manifest and checking foreign keys")
-            with psycopg.connect(target_dsn) as conn:
-                report.tables = compare_counts(conn, manifest)
-                report.invalid_foreign_keys = invalid_foreign_keys(conn)
+            report.roles_created = full_restore(workdir, target_dsn, manifest, force, no_owner,
+                                                progress)
+            progress("comparing with the archive: row counts, every table's content, "
+                     "constraints and sequences")
+            compare_restored(target_dsn, manifest, report)
         if config_to is not None:
             report.config_written = write_config(workdir, manifest, Path(config_to), progress)
     report.seconds = time.monotonic() - started

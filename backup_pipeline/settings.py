@@ -81,6 +81,7 @@ class Settings:
     min_free_disk_mb: int = 500
     drill_dsn: str | None = None
     drill_schedule: str = "0 4 * * 0"
+    restore_proof: bool = True
     admin_emails: tuple[str, ...] = ()
     smtp_host: str | None = None
     smtp_port: int = 587
@@ -239,6 +240,18 @@ def _mail_settings(env: Mapping[str, str], backup_dir: Path) -> dict:
     }
 
 
+RESTORE_PROOF_CHOICES = ("always", "off")
+
+
+def _restore_proof(env: Mapping[str, str]) -> bool:
+    value = _text(env, "BACKUP_RESTORE_PROOF", "always").lower()
+    if value not in RESTORE_PROOF_CHOICES:
+        raise SettingsError(
+            f"BACKUP_RESTORE_PROOF={value!r} is not valid: use always (every archive is restored "
+            f"and compared before it counts as good; the default) or off.")
+    return value == "always"
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the settings from `env` (the process environment by default)."""
     env = os.environ if env is None else env
@@ -310,7 +323,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         critical_tables=critical,
         transaction_tables=transactions,
         transaction_months=int(_number(env, "BACKUP_TRANSACTION_MONTHS", 3, kind=int, low=1,
-                                       high=120, meaning="months of transactions to keep")),
+                                       high=12000, meaning="months of transactions to keep")),
         min_size_mb=min_size,
         max_size_mb=max_size,
         retention_days=int(_number(env, "BACKUP_RETENTION_DAYS", 30, kind=int, low=1, high=3650,
@@ -334,5 +347,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                      high=None, meaning="free space in BACKUP_DIR for health")),
         drill_dsn=env.get("BACKUP_DRILL_DSN", "").strip() or None,
         drill_schedule=drill_schedule,
+        restore_proof=_restore_proof(env),
         **mail,
     )

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from isal import igzip_threaded, isal_zlib
 
 from backup_pipeline import layout
-from backup_pipeline.resources.postgres import PG_DUMP_COMPLETE
+from backup_pipeline.pg import PG_DUMP_COMPLETE
 
 CHUNK = 1 << 20
 
@@ -343,7 +343,10 @@ def read_manifest(archive: Path) -> dict | None:
 def _manifest_tables(archive: Path) -> dict[str, dict]:
     """The manifest's tables by path, to guide the full pass (which checks it again)."""
     manifest = read_manifest(archive) or {}
-    return {t["path"]: t for t in manifest.get("tables", [])}
+    tables = {t["path"]: t for t in manifest.get("tables", [])}
+    tables.update({t["psql_data_path"]: t for t in manifest.get("tables", [])
+                   if t.get("psql_data_path")})
+    return tables
 
 
 def file_sha256(path: Path) -> str:

@@ -18,8 +18,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from backup_pipeline.sample_data.cluster import LocalCluster, start_cluster
 from backup_pipeline.sample_data.generate import create_schema, load_sample_data
+from backup_pipeline.throwaway_pg import LocalCluster, start_cluster
 
 TEST_SCALE = float(os.environ.get("BACKUP_TEST_SCALE", "0.25"))
 TEMPLATE_DB = f"bp_sample_template_{uuid.uuid4().hex[:8]}"

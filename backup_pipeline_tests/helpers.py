@@ -87,3 +87,56 @@ def follow_restore_procedure(archive: Path, workdir: Path, pg_env: dict[str, str
     script = "set -euo pipefail\n" + "\n".join(commands) + "\n"
     return subprocess.run(["bash", "-c", script], cwd=workdir, env=env, capture_output=True,
                           text=True, timeout=600)
+
+
+# The schema as PostgreSQL holds it, object by object, for comparing a restored database with
+# its source: tables with their kind and owner, privileges, constraints (and whether valid),
+# indexes, partitions with their bounds, triggers, rules, policies, row-level security, views,
+# functions and sequence positions.
+_USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') " \
+                "AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
+CATALOG_QUERIES = {
+    "relations": f"""SELECT format('%s.%s %s owner=%s acl=%s rls=%s/%s', n.nspname, c.relname,
+                            c.relkind, pg_get_userbyid(c.relowner), c.relacl,
+                            c.relrowsecurity, c.relforcerowsecurity)
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S') AND {_USER_SCHEMAS}""",
+    "constraints": f"""SELECT format('%s %s %s valid=%s deferrable=%s %s', c.relname, con.conname,
+                              con.contype, con.convalidated, con.condeferrable,
+                              pg_get_constraintdef(con.oid))
+                       FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
+                       JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_USER_SCHEMAS}""",
+    "indexes": "SELECT indexdef FROM pg_indexes WHERE schemaname NOT IN "
+               "('pg_catalog', 'information_schema')",
+    "partitions": """SELECT format('%s of %s %s', inhrelid::regclass, inhparent::regclass,
+                            pg_get_expr(c.relpartbound, c.oid))
+                     FROM pg_inherits JOIN pg_class c ON c.oid = inhrelid""",
+    "triggers": "SELECT format('%s %s %s', tgrelid::regclass, tgname, tgenabled) "
+                "FROM pg_trigger WHERE NOT tgisinternal",
+    "rules": "SELECT format('%s %s', rulename, definition) FROM pg_rules "
+             "WHERE schemaname NOT IN ('pg_catalog')",
+    "policies": "SELECT format('%s %s %s %s %s', tablename, policyname, roles, cmd, qual) "
+                "FROM pg_policies",
+    "functions": f"""SELECT format('%s.%s(%s) owner=%s acl=%s', n.nspname, p.proname,
+                            pg_get_function_arguments(p.oid), pg_get_userbyid(p.proowner),
+                            p.proacl)
+                     FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                     WHERE {_USER_SCHEMAS}""",
+    "schemas": f"""SELECT format('%s owner=%s acl=%s', n.nspname, pg_get_userbyid(n.nspowner),
+                          n.nspacl) FROM pg_namespace n WHERE {_USER_SCHEMAS}""",
+    "sequences": "SELECT format('%s.%s %s', schemaname, sequencename, last_value) "
+                 "FROM pg_sequences",
+}
+
+
+def catalog(dsn: str) -> dict[str, list[str]]:
+    """Each kind of object of the database as sorted lines (see CATALOG_QUERIES)."""
+    with psycopg.connect(dsn) as conn:
+        return {kind: sorted(row[0] for row in conn.execute(query))
+                for kind, query in CATALOG_QUERIES.items()}
+
+
+def assert_same_catalog(restored: str, source: str) -> None:
+    got, want = catalog(restored), catalog(source)
+    for kind in CATALOG_QUERIES:
+        assert got[kind] == want[kind], (kind, sorted(set(got[kind]) ^ set(want[kind]))[:10])

@@ -27,7 +27,7 @@ def test_benchmark_smoke_run(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())["scale_0.05"]
-    approaches = ("seeds", "pipeline", "floor", "floor_window_only")
+    approaches = ("seeds", "pipeline", "pipeline_without_proof", "floor", "floor_window_only")
     for name in approaches:
         assert report[name]["median_seconds"] > 0
         assert report[name]["peak_rss_mb"] > 0
@@ -36,6 +36,13 @@ def test_benchmark_smoke_run(tmp_path):
     pipeline = report["pipeline"]["median_seconds"]
     assert ratios["pipeline_over_seeds"] == round(pipeline / report["seeds"]["median_seconds"], 3)
     assert ratios["pipeline_over_floor"] == round(pipeline / report["floor"]["median_seconds"], 3)
+    without = report["pipeline_without_proof"]["median_seconds"]
+    assert ratios["pipeline_without_proof_over_seeds"] == round(
+        without / report["seeds"]["median_seconds"], 3)
+    # The proof's own time is the one the run recorded, and part of the run's time.
+    proof = report["pipeline"]["runs"][0]["proof_seconds"]
+    assert 0 < proof < pipeline
+    assert report["restore"]["restore_proof_median_seconds"] == proof
     assert 0.5 < ratios["archive_pipeline_over_tar_czf_of_same_content"] < 1.5
     restore = report["restore"]
     assert restore["backup_pipeline_restore"]["seconds"] > 0

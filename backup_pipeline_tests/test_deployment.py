@@ -89,6 +89,8 @@ def test_volumes_match_the_paths_the_code_uses():
     assert 'HEALTHCHECK --interval=1h --timeout=10s' in dockerfile and "--retries=3" in dockerfile
     assert 'CMD ["backup-pipeline", "health-check"]' in dockerfile
     assert "USER 10001:10001" in dockerfile and "ARG PG_MAJOR" in dockerfile
+    # The restore proof starts a throwaway server: the image carries the server programs.
+    assert '"postgresql-${PG_MAJOR}"' in dockerfile and "create_main_cluster = false" in dockerfile
     code = COMPOSE["services"]["backup-code"]
     mounts = {v.split(":")[1]: v for v in code["volumes"]}
     assert "/backups" in mounts and "/var/log/backup" in mounts

@@ -12,7 +12,8 @@ import pytest
 from psycopg import sql
 
 from backup_pipeline import layout
-from backup_pipeline.resources.postgres import HashingWriter, PostgresResource
+from backup_pipeline.pg import HashingWriter
+from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline_tests.helpers import archives, run_backup
 
 

@@ -66,8 +66,10 @@ def test_restore_into_a_new_database(archive, server, source_db, scratch_db, tmp
     assert done.returncode == 0, done.stderr + done.stdout
     out = done.stdout
     assert f"creating database {scratch_db}" in out
-    assert "verifying" in out and "2/4 critical tables" in out  # progress of the long steps
-    assert "every foreign key is valid" in out
+    assert "verifying" in out and "  critical tables  (" in out  # progress of the long steps
+    assert "  public.users: " in out and "restore complete" in out
+    assert "every foreign key and check constraint is valid" in out
+    assert "every table's content is byte for byte the archive's" in out
     assert "RESTORE OK" in out and " s\n" in out  # total time printed
     assert server.password not in out + done.stderr
     source, restored = server.dsn(source_db), server.dsn(scratch_db)

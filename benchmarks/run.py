@@ -8,7 +8,9 @@ throwaway server (shared_buffers a quarter of the memory, at most 4GB), then run
 
 - seeds:    what the seeds' guides do: `pg_dump --table` per critical table, `psql \\copy` of the
             windowed rows to CSV, `tar -czf` (gzip), `gzip -t`;
-- pipeline: `dagster job execute -m backup_pipeline.definitions -j backup_job`, a real run;
+- pipeline: `dagster job execute -m backup_pipeline.definitions -j backup_job`, a real run,
+            with its restore proof (the archive restored into a throwaway server and compared);
+- pipeline_without_proof: the same with BACKUP_RESTORE_PROOF=off;
 - floor:    the same data copied out of PostgreSQL to /dev/null in one psql session: exactly the
             rows the pipeline's archive holds (the window plus the older rows that backed-up rows
             reference), by the pipeline's own queries (`psql \\copy (...) TO '/dev/null'`);
@@ -17,7 +19,7 @@ throwaway server (shared_buffers a quarter of the memory, at most 4GB), then run
 The pipeline runs against one Dagster instance per scale (as a deployment has), created before
 the first timed run. It prints, per approach, the median wall time, the peak memory (RSS summed
 over the whole process tree, sampled every 20 ms), the archive size and the ratios
-pipeline/seeds and pipeline/floor.
+pipeline/seeds and pipeline/floor, and the proof's own time (from `.last_backup.json`).
 It compares `backup-pipeline restore` with the seeds' manual psql restore. Then it runs the
 pipeline back to back (one untimed run, then `--repeats` timed), doubles the excluded data
 (audit logs, sessions, old transactions) and runs it again the same way.
@@ -40,13 +42,13 @@ from pathlib import Path
 import psycopg
 
 from backup_pipeline.export_plan import build_plan
-from backup_pipeline.sample_data.cluster import start_cluster
 from backup_pipeline.sample_data.generate import add_excluded_data, create_schema, load_sample_data
 from backup_pipeline.settings import (
     DEFAULT_CRITICAL_TABLES,
     DEFAULT_TRANSACTION_TABLES,
     load_settings,
 )
+from backup_pipeline.throwaway_pg import start_cluster
 
 VENV_BIN = Path(sys.executable).parent
 DB = "smart_ai_hub"
@@ -219,13 +221,14 @@ def run_scale(scale: float, repeats: int, workdir: Path) -> dict:
                         "import dagster; dagster.DagsterInstance.get().get_runs(limit=1)"],
                        env={**os.environ, "DAGSTER_HOME": str(home)}, check=True)
 
-        def pipeline_env(run: int) -> dict[str, str]:
+        def pipeline_env(run: int, proof: str = "always") -> dict[str, str]:
             return {**libpq, **cluster.env(DB), "BACKUP_DIR": str(workdir / f"pipe_{run}"),
                     "BACKUP_CONFIG_DIR": str(config), "DAGSTER_HOME": str(home),
                     "BACKUP_MIN_SIZE_MB": "0", "BACKUP_MAX_SIZE_MB": "100000",
-                    "ADMIN_EMAILS": "bench@example.com"}
+                    "ADMIN_EMAILS": "bench@example.com", "BACKUP_RESTORE_PROOF": proof}
 
-        results: dict[str, list[dict]] = {"seeds": [], "pipeline": [], "floor": [],
+        results: dict[str, list[dict]] = {"seeds": [], "pipeline": [],
+                                          "pipeline_without_proof": [], "floor": [],
                                           "floor_window_only": []}
         archives: dict[str, Path] = {}
 
@@ -236,14 +239,21 @@ def run_scale(scale: float, repeats: int, workdir: Path) -> dict:
             archives["seeds"] = out
             results["seeds"].append(seeds_run)
 
-        def run_pipeline(run: int) -> None:
-            env = pipeline_env(run)
+        def run_pipeline(run: int, proof: bool = True) -> None:
+            name = "pipeline" if proof else "pipeline_without_proof"
+            env = pipeline_env(run if proof else 50 + run, "always" if proof else "off")
             pipe_run = measure([str(VENV_BIN / "dagster"), "job", "execute", "-m",
                                 "backup_pipeline.definitions", "-j", "backup_job"], env)
             [archive] = Path(env["BACKUP_DIR"]).glob("critical_backup_*.tar.gz")
             pipe_run["archive_mb"] = round(archive.stat().st_size / 1024 / 1024, 2)
-            archives["pipeline"] = archive
-            results["pipeline"].append(pipe_run)
+            status = json.loads((Path(env["BACKUP_DIR"]) / ".last_backup.json").read_text())
+            if proof:
+                pipe_run["proof_seconds"] = status["restore_proof"]["seconds"]
+            archives[name] = archive
+            results[name].append(pipe_run)
+
+        def run_pipeline_without_proof(run: int) -> None:
+            run_pipeline(run, proof=False)
 
         def run_floor(run: int) -> None:
             results["floor"].append(measure(
@@ -253,11 +263,13 @@ def run_scale(scale: float, repeats: int, workdir: Path) -> dict:
             results["floor_window_only"].append(measure(["bash", "-c", floor_window_only],
                                                         floor_env))
 
-        approaches = [run_seeds, run_pipeline, run_floor, run_floor_window_only]
+        approaches = [run_seeds, run_pipeline, run_pipeline_without_proof, run_floor,
+                      run_floor_window_only]
         for run in range(repeats):
             # The order turns every round: when the database does not fit in the page cache,
             # whoever reads a table right after another approach finds it cached.
-            for approach in approaches[run % 4:] + approaches[:run % 4]:
+            turn = run % len(approaches)
+            for approach in approaches[turn:] + approaches[:turn]:
                 approach(run)
             print(f"  run {run + 1}: " + ", ".join(
                 f"{k} {v[-1]['seconds']} s" for k, v in results.items()), flush=True)
@@ -266,7 +278,10 @@ def run_scale(scale: float, repeats: int, workdir: Path) -> dict:
                           "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
                           "archive_mb": runs[-1].get("archive_mb"), "runs": runs}
                    for name, runs in results.items()}
+        summary["pipeline"]["proof_median_seconds"] = statistics.median(
+            r["proof_seconds"] for r in results["pipeline"])
         pipe = summary["pipeline"]["median_seconds"]
+        without = summary["pipeline_without_proof"]["median_seconds"]
         # The pipeline's archive carries more rows than the seeds' (older rows that backed-up
         # rows reference), so compare its compression on the same content as well.
         same = workdir / "same_content"
@@ -278,6 +293,10 @@ def run_scale(scale: float, repeats: int, workdir: Path) -> dict:
         summary["ratios"] = {
             "pipeline_over_seeds": round(pipe / summary["seeds"]["median_seconds"], 3),
             "pipeline_over_floor": round(pipe / summary["floor"]["median_seconds"], 3),
+            "pipeline_without_proof_over_seeds": round(
+                without / summary["seeds"]["median_seconds"], 3),
+            "pipeline_without_proof_over_floor": round(
+                without / summary["floor"]["median_seconds"], 3),
             "pipeline_over_floor_window_only": round(
                 pipe / summary["floor_window_only"]["median_seconds"], 3),
             "archive_pipeline_over_seeds": round(
@@ -306,7 +325,9 @@ def run_scale(scale: float, repeats: int, workdir: Path) -> dict:
                                     str(archives["pipeline"]), "--target",
                                     cluster.dsn("pipeline_restore")], libpq)
         summary["restore"] = {"seeds_manual_psql": seeds_restore_run,
-                              "backup_pipeline_restore": pipe_restore_run}
+                              "backup_pipeline_restore": pipe_restore_run,
+                              "restore_proof_median_seconds":
+                                  summary["pipeline"]["proof_median_seconds"]}
 
         # Excluded data doubled: the pipeline's time should barely move. Before and after are
         # measured the same way, back to back after one untimed run (the rounds above share
@@ -370,7 +391,8 @@ def main() -> int:
     for name, result in report.items():
         print(f"\n{name} (database {result['database_mb']} MB after excluded data)")
         print(f"  {'approach':<17} {'median s':>9} {'peak MB':>8} {'archive MB':>11}")
-        for approach in ("seeds", "pipeline", "floor", "floor_window_only"):
+        for approach in ("seeds", "pipeline", "pipeline_without_proof", "floor",
+                         "floor_window_only"):
             r = result[approach]
             print(f"  {approach:<17} {r['median_seconds']:>9} {r['peak_rss_mb']:>8} "
                   f"{r['archive_mb'] if r['archive_mb'] is not None else '-':>11}")

@@ -13,18 +13,21 @@ from backup_pipeline.assets.checks import archive_checks
 from backup_pipeline.assets.config_snapshot import build_config_snapshot
 from backup_pipeline.assets.database import build_database_export
 from backup_pipeline.assets.restore_drill import restore_drill
-from backup_pipeline.assets.status import backup_status
+from backup_pipeline.assets.restore_proof import restore_proof
+from backup_pipeline.assets.status import build_backup_status
 from backup_pipeline.hooks import build_hooks
 from backup_pipeline.settings import Settings
 
 
 def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     success_email, failure_alert = build_hooks(settings)
+    proof = [restore_proof.with_hooks({failure_alert})] if settings.restore_proof else []
     return [
         build_database_export(settings).with_hooks({failure_alert}),
         build_config_snapshot(settings).with_hooks({failure_alert}),
         build_backup_archive(settings).with_hooks({failure_alert}),
-        backup_status.with_hooks({success_email, failure_alert}),
+        *proof,
+        build_backup_status(settings).with_hooks({success_email, failure_alert}),
         restore_drill.with_hooks({failure_alert}),
     ]
 

@@ -29,9 +29,9 @@ from isal import isal_zlib
 from backup_pipeline import layout
 from backup_pipeline.assets.config_snapshot import CONFIG_KEY, CONFIG_RECORD
 from backup_pipeline.assets.database import EXPORT_RECORD, export_specs
-from backup_pipeline.assets.dumps import quote_identifier
-from backup_pipeline.resources.postgres import HashingWriter
+from backup_pipeline.pg import HashingWriter
 from backup_pipeline.resources.storage import BackupStorage
+from backup_pipeline.restore_script import count_query, restore_script
 from backup_pipeline.settings import Settings
 from backup_pipeline.verify import verify_archive
 
@@ -95,46 +95,6 @@ def _versions() -> dict[str, str]:
         own = "unknown"
     return {"backup_pipeline": own, "dagster": dg.__version__, "psycopg": psycopg.__version__,
             "python": platform.python_version()}
-
-
-def _sql_name(qualified: str) -> str:
-    """A table name for the shell-quoted count query: plain when it can be, quoted otherwise."""
-    parts = qualified.split(".")
-    return ".".join(p if p.islower() and p.isidentifier() else f'\\"{p}\\"' for p in parts)
-
-
-def restore_script(export: dict) -> str:
-    """The psql script of step 4 in BACKUP_INFO.txt: everything, in an order that works."""
-    lines = [
-        "-- backup_pipeline restore script. From the folder the archive was extracted into:",
-        '--   psql -X -v ON_ERROR_STOP=1 --single-transaction -d "$RESTORE_DB" '
-        "-f database/_restore.psql",
-        "\\set ON_ERROR_STOP on",
-        "\\echo '1/4 schema: tables, types, functions, sequences'",
-        f"\\ir {Path(layout.SCHEMA_PRE_DATA).name}",
-        "\\echo '2/4 critical tables'",
-    ]
-    for table in export["tables"]:
-        if table["kind"] == "critical":
-            lines += [f"\\echo '    {table['table']}'", f"\\ir {Path(table['path']).name}"]
-    lines.append("\\echo '3/4 transactions'")
-    for table in export["tables"]:
-        if table["kind"] == "transactions":
-            schema, name = table["table"].split(".", 1)
-            columns = ", ".join(quote_identifier(c) for c in table["columns"])
-            lines += [
-                f"\\echo '    {table['table']}'",
-                f"\\copy {quote_identifier(schema)}.{quote_identifier(name)} ({columns}) "
-                f"FROM '{table['path']}' "
-                "WITH (FORMAT csv, HEADER)",
-            ]
-    lines += [
-        "\\echo '4/4 sequence positions, indexes, constraints and foreign keys'",
-        f"\\ir {Path(layout.SEQUENCES).name}",
-        f"\\ir {Path(layout.SCHEMA_POST_DATA).name}",
-        "\\echo 'restore complete'",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def _write_text(staging: Path, relative: str, text: str) -> dict:
@@ -208,11 +168,7 @@ def write_archive(target: Path, staging: Path, manifest: dict, mtime: float,
 def build_manifest(export: dict, config: dict, created_at: datetime, name: str,
                    staging: Path) -> dict:
     """Write BACKUP_INFO.txt and the restore script into staging; return the manifest."""
-    restore = _write_text(staging, layout.RESTORE_SCRIPT, restore_script(export))
-    count_query = " UNION ALL ".join(
-        f"SELECT '{t['table']}' AS table_name, count(*) AS rows FROM {_sql_name(t['table'])}"
-        for t in export["tables"]
-    )
+    restore = _write_text(staging, layout.RESTORE_SCRIPT, restore_script(export["tables"]))
     versions = _versions()
     info_text = _templates.get_template("BACKUP_INFO.txt.j2").render(
         archive_name=name,
@@ -221,7 +177,7 @@ def build_manifest(export: dict, config: dict, created_at: datetime, name: str,
         schema_pre=layout.SCHEMA_PRE_DATA,
         schema_post=layout.SCHEMA_POST_DATA,
         sequences=layout.SEQUENCES,
-        count_query=count_query,
+        count_query=count_query(export["tables"]),
         config=config,
         versions=versions,
         **export,
@@ -238,6 +194,8 @@ def build_manifest(export: dict, config: dict, created_at: datetime, name: str,
         "snapshot_taken_at": export["snapshot_taken_at"],
         "window": export["window"],
         "tables": export["tables"],
+        "roles": export["roles"],
+        "not_valid_constraints": export["not_valid_constraints"],
         "config": {"config_dir": config["config_dir"],
                    "included": [f["path"] for f in config["files"]],
                    "missing": config["missing"]},
@@ -246,13 +204,13 @@ def build_manifest(export: dict, config: dict, created_at: datetime, name: str,
     }
 
 
-def archive_materialization(instance: dg.DagsterInstance, run_id: str | None
-                            ) -> dg.AssetMaterialization | None:
-    """The archive this run made (or, for a check run on its own, the latest one)."""
+def archive_materialization(instance: dg.DagsterInstance, run_id: str | None,
+                            key: dg.AssetKey = ARCHIVE_KEY) -> dg.AssetMaterialization | None:
+    """This run's materialization of `key` (the archive, or its restore proof), if any."""
     if run_id:
         for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
             event = entry.dagster_event
-            if event and event.asset_key == ARCHIVE_KEY:
+            if event and event.asset_key == key:
                 return event.step_materialization_data.materialization
     return None
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 
 from backup_pipeline import layout
-from backup_pipeline.resources.postgres import HashingWriter
+from backup_pipeline.pg import HashingWriter
 from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.settings import Settings
 

@@ -21,17 +21,14 @@ from backup_pipeline.assets.transactions import (
     transaction_key,
     transaction_specs,
     window_cutoff,
+    write_window_for_psql,
     write_window_part,
 )
 from backup_pipeline.export_plan import ExportPlan, TableInfo, WindowedTable, build_plan
-from backup_pipeline.resources.postgres import (
-    COPY_BLOCK,
-    CopyResult,
-    HashingWriter,
-    PostgresResource,
-    Snapshot,
-)
+from backup_pipeline.pg import COPY_BLOCK, CopyResult, HashingWriter
+from backup_pipeline.resources.postgres import PostgresResource, Snapshot
 from backup_pipeline.resources.storage import BackupStorage
+from backup_pipeline.roles import create_missing_roles_sql, needed_roles
 from backup_pipeline.settings import Settings
 
 SCHEMA_KEY = dg.AssetKey("database_schema")
@@ -72,6 +69,13 @@ def _write_sequences(snapshot: Snapshot, target: Path) -> CopyResult:
     return CopyResult(rows=len(lines), size=writer.size, sha256=writer.sha256)
 
 
+def _write_text(target: Path, text: str) -> CopyResult:
+    with target.open("wb") as handle:
+        writer = HashingWriter(handle)
+        writer.write(text.encode())
+    return CopyResult(rows=0, size=writer.size, sha256=writer.sha256)
+
+
 def _file_record(path: str, result: CopyResult) -> dict:
     return {"path": path, "size": result.size, "sha256": result.sha256}
 
@@ -106,6 +110,8 @@ class _Exported:
     sha256: str
     size: int
     seconds: float
+    # A window that psql could not \copy: its queries, to write it again for psql.
+    psql_queries: list[str] | None = None
 
     def result(self, cutoff) -> dg.MaterializeResult:
         entry = self.entry
@@ -144,11 +150,13 @@ class _Read:
     rows: int = 0
     writer: HashingWriter | None = None
     seconds: float = 0.0
+    # A CSV line that is a lone `\.`: psql before 18 could not \copy this file.
+    end_marker_line: bool = False
 
     def run(self, snap: Snapshot) -> None:
         started = time.monotonic()
         if isinstance(self.item, WindowedTable):
-            self.rows, self.writer = write_window_part(
+            self.rows, self.writer, self.end_marker_line = write_window_part(
                 snap, self.query, self.target, header=self.part == 0,
                 gzip_level=layout.GZIP_LEVEL if self.part == 0 else None)
         else:
@@ -211,12 +219,18 @@ def _assemble(reads: list[_Read], staging: Path, counted: dict[int, int]) -> _Ex
         entry = {"table": table.qualified, "kind": "transactions", "path": path,
                  "rows": rows, "rows_in_window": in_window,
                  "rows_referenced_before_window": rows - in_window,
-                 "timestamp_column": item.timestamp_column, "columns": list(table.columns)}
+                 "timestamp_column": item.timestamp_column, "columns": list(table.columns),
+                 "partitioned": table.partitioned,
+                 "older_rows_order": [{"column": c.name, "collatable": c.collatable}
+                                      for c in item.older_rows_order]}
     else:
         entry = {"table": item.qualified, "kind": "critical", "path": path,
-                 "rows": rows, "columns": list(item.columns)}
-    return _Exported(entry, _file_record(path, result), staged, result.sha256, result.size,
-                     sum(r.seconds for r in reads))
+                 "rows": rows, "columns": list(item.columns), "partitioned": item.partitioned}
+    exported = _Exported(entry, _file_record(path, result), staged, result.sha256, result.size,
+                         sum(r.seconds for r in reads))
+    if any(r.end_marker_line for r in reads):
+        exported.psql_queries = [r.query for r in reads]
+    return exported
 
 
 def _export_tables(snap: Snapshot, plan: ExportPlan, staging: Path, workers: int
@@ -243,6 +257,31 @@ def _export_tables(snap: Snapshot, plan: ExportPlan, staging: Path, workers: int
     for read in sorted(reads, key=lambda r: (r.index, r.part)):
         by_table.setdefault(read.index, []).append(read)
     return [_assemble(by_table[i], staging, counted) for i in sorted(by_table)]
+
+
+def _write_windows_for_psql(snap: Snapshot, plan: ExportPlan, exported: list[_Exported],
+                            staging: Path, log: dg.DagsterLogManager) -> list[dict]:
+    """A window whose CSV holds a line `\\.` is also written as `database/<table>.sql`, in
+    COPY's text format, for the plain-shell procedure (psql before 18 stops a `\\copy` there);
+    the manifest names it, and `backup-pipeline restore` still loads the CSV."""
+    files = []
+    tables = {w.table.qualified: w.table for w in plan.windowed}
+    for item in exported:
+        if item.psql_queries is None:
+            continue
+        table = tables[item.entry["table"]]
+        path = layout.dump_path(table.qualified)
+        rows, writer = write_window_for_psql(snap, table, item.psql_queries, staging / path)
+        if rows != item.entry["rows"]:
+            raise RuntimeError(f"{table.qualified}: {rows} rows read for psql where the CSV "
+                               f"holds {item.entry['rows']}, in the same snapshot: nothing was "
+                               f"published. Run the backup again.")
+        item.entry["psql_data_path"] = path
+        files.append(_file_record(path, CopyResult(rows, writer.size, writer.sha256)))
+        log.warning(f"{table.qualified}: a value holds a line '\\.', which psql before 18 "
+                    f"cannot \\copy from CSV: the archive also holds {path} for the plain-shell "
+                    f"procedure")
+    return files
 
 
 def build_database_export(settings: Settings) -> dg.AssetsDefinition:
@@ -277,14 +316,19 @@ def build_database_export(settings: Settings) -> dg.AssetsDefinition:
                 f"about {expected // 1024} KiB to export, {free // (1024 * 1024)} MB free"
             )
             exported = _export_tables(snap, plan, staging, workers=EXPORT_WORKERS)
+            psql_files = _write_windows_for_psql(snap, plan, exported, staging, context.log)
             # pg_dump runs after the data, in the same snapshot; its table locks are the step
             # most likely to wait on the application, and the data is already staged by then.
             pre = snap.pg_dump(staging / layout.SCHEMA_PRE_DATA, "--section=pre-data")
             seq = _write_sequences(snap, staging / layout.SEQUENCES)
+            roles = needed_roles(snap.connection)
+            roles_file = _write_text(staging / layout.ROLES,
+                                     create_missing_roles_sql(roles))
             post = snap.pg_dump(staging / layout.SCHEMA_POST_DATA, "--section=post-data")
             tables = [e.entry for e in exported]
-            files = [e.file for e in exported] + [
+            files = [e.file for e in exported] + psql_files + [
                 _file_record(layout.SCHEMA_PRE_DATA, pre),
+                _file_record(layout.ROLES, roles_file),
                 _file_record(layout.SEQUENCES, seq),
                 _file_record(layout.SCHEMA_POST_DATA, post),
             ]
@@ -310,6 +354,8 @@ def build_database_export(settings: Settings) -> dg.AssetsDefinition:
                              "name": postgres.database, "user": postgres.user},
                 "window": {"months": settings.transaction_months, "cutoff": cutoff.isoformat()},
                 "tables": tables,
+                "roles": [role.to_json() for role in roles],
+                "not_valid_constraints": plan.not_valid_constraints,
                 "files": files,
                 # How the archive assembles each table's file from the staged pieces.
                 "staged": {e.entry["path"]: e.staged for e in exported},

@@ -12,8 +12,10 @@ import dagster as dg
 from psycopg import sql
 
 from backup_pipeline import layout
+from backup_pipeline.data_files import sql_data_header, sql_data_trailer
 from backup_pipeline.export_plan import TableInfo
-from backup_pipeline.resources.postgres import HashingWriter, Snapshot
+from backup_pipeline.pg import HashingWriter
+from backup_pipeline.resources.postgres import Snapshot
 from backup_pipeline.settings import Settings
 
 DUMPS_PREFIX = "dumps"
@@ -41,23 +43,10 @@ def write_table_dump(snapshot: Snapshot, table: TableInfo, select: sql.Composabl
     """Write `target`, gzip-compressed, as a self-contained SQL data file of `select` (the
     plan's critical_query); the trailer records the row count. Returns the rows and the writer
     (its size and SHA-256 are the plain file's)."""
-    columns = ", ".join(quote_identifier(c) for c in table.columns)
-    header = (
-        f"--\n-- backup_pipeline: data of table {table.qualified}\n--\n\n"
-        "SET client_encoding = 'UTF8';\n"
-        "SET standard_conforming_strings = on;\n\n"
-        f"COPY {quote_identifier(table.schema)}.{quote_identifier(table.name)} ({columns}) "
-        "FROM stdin;\n"
-    )
     with target.open("wb") as handle:
         writer = HashingWriter(handle, gzip_level=layout.GZIP_LEVEL)
-        writer.write(header.encode())
+        writer.write(sql_data_header(table.schema, table.name, table.columns).encode())
         rows = snapshot.copy_to(select, writer)
-        writer.write(f"\\.\n\n{layout.END_OF_DATA}{rows} rows\n".encode())
+        writer.write(sql_data_trailer(rows).encode())
         writer.finish()
     return rows, writer
-
-
-def quote_identifier(identifier: str) -> str:
-    """An SQL identifier, always double-quoted (psql meta-commands need it spelled out)."""
-    return '"' + identifier.replace('"', '""') + '"'

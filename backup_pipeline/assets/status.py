@@ -1,7 +1,9 @@
-"""After a verified archive: the status files the seeds' monitoring reads, then retention.
+"""After a verified and restore-proven archive: the status files the seeds' monitoring reads,
+then retention.
 
-This asset runs only when every blocking check on the archive passed, so `.last_backup_success`
-only ever names a verified backup, and retention only ever runs after a good new archive exists.
+This asset runs only when every blocking check on the archive passed and (unless
+BACKUP_RESTORE_PROOF=off) the archive was restored and compared, so `.last_backup_success` only
+ever names a good backup, and retention only ever runs after a good new archive exists.
 """
 
 
@@ -11,33 +13,51 @@ from pathlib import Path
 import dagster as dg
 
 from backup_pipeline.assets.archive import ARCHIVE_KEY, archive_materialization
-from backup_pipeline.resources.storage import BackupStorage
+from backup_pipeline.assets.restore_proof import PROOF_KEY
+from backup_pipeline.resources.storage import BackupStorage, ProofRecord
+from backup_pipeline.settings import Settings
 
 
-@dg.asset(
-    deps=[ARCHIVE_KEY],
-    group_name="archive",
-    description="BACKUP_DIR/.last_backup_success and .last_backup_size_mb, then retention "
-                "(BACKUP_RETENTION_DAYS, never below BACKUP_RETENTION_MIN_COUNT archives).",
-)
-def backup_status(context: dg.AssetExecutionContext, storage: BackupStorage
-                  ) -> dg.MaterializeResult:
-    materialization = archive_materialization(context.instance, context.run.run_id)
-    if materialization is None:
-        raise RuntimeError("backup_status follows a backup_archive of the same run: run backup_job")
-    metadata = materialization.metadata
-    archive = Path(metadata["path"].value)
-    with storage.locked():
-        storage.write_status(archive, metadata["bytes"].value, metadata["sha256"].value,
-                             time.time())
-        retention = storage.apply_retention(newest=archive)
-    for name in retention.deleted:
-        context.log.info(f"retention deleted {name}")
-    return dg.MaterializeResult(
-        metadata={
-            "archive": archive.name,
-            "archives_kept": len(retention.kept),
-            "deleted": dg.MetadataValue.json(retention.deleted),
-            "status_file": dg.MetadataValue.path(str(storage.root / ".last_backup_success")),
-        }
+def build_backup_status(settings: Settings) -> dg.AssetsDefinition:
+    deps = [ARCHIVE_KEY, PROOF_KEY] if settings.restore_proof else [ARCHIVE_KEY]
+
+    @dg.asset(
+        deps=deps,
+        group_name="archive",
+        description="BACKUP_DIR/.last_backup_success and .last_backup_size_mb, then retention "
+                    "(BACKUP_RETENTION_DAYS, never below BACKUP_RETENTION_MIN_COUNT archives).",
     )
+    def backup_status(context: dg.AssetExecutionContext, storage: BackupStorage
+                      ) -> dg.MaterializeResult:
+        materialization = archive_materialization(context.instance, context.run.run_id)
+        if materialization is None:
+            raise RuntimeError("backup_status follows a backup_archive of the same run: run "
+                               "backup_job")
+        proof = None
+        if settings.restore_proof:
+            proven = archive_materialization(context.instance, context.run.run_id, PROOF_KEY)
+            if proven is None:
+                raise RuntimeError("backup_status follows the restore_proof of the same run: "
+                                   "run backup_job")
+            proof = ProofRecord(seconds=proven.metadata["proof_seconds"].value,
+                                target=proven.metadata["target"].value)
+        metadata = materialization.metadata
+        archive = Path(metadata["path"].value)
+        with storage.locked():
+            storage.write_status(archive, metadata["bytes"].value, metadata["sha256"].value,
+                                 time.time(), proof)
+            retention = storage.apply_retention(newest=archive)
+        for name in retention.deleted:
+            context.log.info(f"retention deleted {name}")
+        return dg.MaterializeResult(
+            metadata={
+                "archive": archive.name,
+                "restore_proof": (f"restored and compared in {proof.seconds:.0f} s" if proof
+                                  else "off (BACKUP_RESTORE_PROOF=off): not proven"),
+                "archives_kept": len(retention.kept),
+                "deleted": dg.MetadataValue.json(retention.deleted),
+                "status_file": dg.MetadataValue.path(str(storage.root / ".last_backup_success")),
+            }
+        )
+
+    return backup_status

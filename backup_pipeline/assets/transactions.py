@@ -12,7 +12,10 @@ import dagster as dg
 from psycopg import sql
 
 from backup_pipeline import layout
-from backup_pipeline.resources.postgres import HashingWriter, Snapshot
+from backup_pipeline.data_files import EndMarkerScan, sql_data_header, sql_data_trailer
+from backup_pipeline.export_plan import TableInfo
+from backup_pipeline.pg import HashingWriter
+from backup_pipeline.resources.postgres import Snapshot
 from backup_pipeline.settings import Settings
 
 TRANSACTIONS_PREFIX = "transactions"
@@ -52,11 +55,26 @@ def window_cutoff(snapshot: Snapshot, months: int):
 
 
 def write_window_part(snapshot: Snapshot, select: sql.Composable | str, target: Path, *,
-                      header: bool, gzip_level: int | None = None) -> tuple[int, HashingWriter]:
+                      header: bool, gzip_level: int | None = None
+                      ) -> tuple[int, HashingWriter, bool]:
     """One part of a window as CSV (the first with the header, compressed with `gzip_level`);
-    returns rows and the writer, whose hash the export goes on with over the later parts."""
+    returns rows, the writer (whose hash the export goes on with over the later parts), and
+    whether a line of it is a lone `\\.` (see data_files.EndMarkerScan)."""
     with target.open("wb") as handle:
         writer = HashingWriter(handle, gzip_level=gzip_level)
-        rows = snapshot.copy_to(select, writer, csv=True, header=header)
+        scan = EndMarkerScan(writer, at_line_start=not header)
+        rows = snapshot.copy_to(select, scan, csv=True, header=header)
         writer.finish()
+    return rows, writer, scan.found
+
+
+def write_window_for_psql(snapshot: Snapshot, table: TableInfo, selects: list[str],
+                          target: Path) -> tuple[int, HashingWriter]:
+    """The window's rows again, in COPY's text format with the critical tables' header and
+    trailer, for psql's `\\ir` in the plain-shell procedure: same snapshot, same queries."""
+    with target.open("wb") as handle:
+        writer = HashingWriter(handle)
+        writer.write(sql_data_header(table.schema, table.name, table.columns).encode())
+        rows = sum(snapshot.copy_to(select, writer) for select in selects)
+        writer.write(sql_data_trailer(rows).encode())
     return rows, writer

@@ -44,6 +44,7 @@ class BackupSummary:
     config_included: list[str]
     config_missing: list[str]
     run_url: str
+    proof: str = "not proven (BACKUP_RESTORE_PROOF=off)"
     attached: bool = False
     link: str | None = None
     link_expires: str | None = None

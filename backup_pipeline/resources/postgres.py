@@ -11,128 +11,39 @@ their environment, and error messages name host, port, database and user only.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
-import re
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO
 
 import dagster as dg
 import psycopg
-from isal import isal_zlib
 from psycopg import sql
 from pydantic import Field
 
-PG_DUMP_COMPLETE = "-- PostgreSQL database dump complete"
-COPY_BLOCK = 1 << 20
+from backup_pipeline.pg import (
+    PG_DUMP_COMPLETE,
+    BlockSink,
+    CopyResult,
+    HashingWriter,
+    PgDumpError,
+    find_pg_binary,
+    program_major_version,
+    psql_copy_out,
+    reader_env,
+    reader_settings,
+)
+
+__all__ = ["CopyResult", "HashingWriter", "PgDumpError", "PostgresResource", "Snapshot"]
 
 
 class DatabaseConnectionError(RuntimeError):
     """The database could not be reached after every retry."""
-
-
-class PgDumpError(RuntimeError):
-    """pg_dump is missing, too old for the server, or failed."""
-
-
-@functools.cache
-def _pg_config_bindir(pg_config: str) -> str:
-    """`pg_config --bindir`, asked once per process: every table's read looks up psql."""
-    try:
-        return subprocess.run(
-            [pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-    except (subprocess.SubprocessError, OSError):
-        return ""
-
-
-def find_pg_binary(name: str, bindir: str | None = None) -> Path:
-    """The PostgreSQL client program `name`: BACKUP_PG_BINDIR, `pg_config --bindir`, PATH."""
-    if bindir:
-        return Path(bindir, name)
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        bindir = _pg_config_bindir(pg_config)
-        candidate = Path(bindir, name)
-        if bindir and candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    found = shutil.which(name)
-    if found:
-        return Path(found)
-    raise PgDumpError(
-        f"{name} was not found in `pg_config --bindir` nor on PATH: install the PostgreSQL client "
-        f"programs of the server's major version or newer (Debian: apt-get install "
-        f"postgresql-client-15)."
-    )
-
-
-def program_major_version(program: Path) -> tuple[int, str]:
-    """(major, full version text) of a PostgreSQL client program such as pg_dump."""
-    out = subprocess.run(
-        [str(program), "--version"], capture_output=True, text=True, check=True, timeout=30
-    ).stdout.strip()
-    match = re.search(r"(\d+)(?:\.(\d+))?", out)
-    if not match:
-        raise PgDumpError(f"could not read the version of {program} from {out!r}")
-    return int(match.group(1)), out
-
-
-@dataclass(frozen=True)
-class CopyResult:
-    rows: int
-    size: int
-    sha256: str
-
-
-class HashingWriter:
-    """Writes to a file while counting bytes and computing SHA-256, so no file is read twice.
-
-    With `gzip_level` the file gets the bytes compressed, as one gzip member (`finish` ends
-    it), while size and SHA-256 stay those of the plain bytes: the export compresses each table
-    as it arrives, in its reader's thread, and the archive takes the member as it is (a .tar.gz
-    may be a series of gzip members; gzip, tar and zlib read them as one stream). Without a
-    `stream` the writer only counts and hashes.
-    """
-
-    def __init__(self, stream: IO[bytes] | None, *, gzip_level: int | None = None) -> None:
-        self._stream = stream
-        self._hash = hashlib.sha256()
-        self.size = 0
-        self._deflate = (None if gzip_level is None
-                         else isal_zlib.compressobj(gzip_level, isal_zlib.DEFLATED, 31))
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._stream is not None:
-            self._stream.write(self._deflate.compress(data) if self._deflate else data)
-        self._hash.update(data)
-        self.size += len(data)
-
-    def finish(self) -> None:
-        """End the gzip member: the file is complete only after this."""
-        if self._deflate is not None and self._stream is not None:
-            self._stream.write(self._deflate.flush())
-        self._deflate = None
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
-
-    def resume(self) -> HashingWriter:
-        """A writer that only hashes and counts, going on where this one stopped, so the size
-        and SHA-256 cover the bytes of both (a window's later parts after its first)."""
-        writer = HashingWriter(None)
-        writer._hash = self._hash.copy()
-        writer.size = self.size
-        return writer
 
 
 @dataclass
@@ -155,7 +66,7 @@ class Snapshot:
         """`select` as text for psql, quoted by this session's connection."""
         return select.as_string(self.connection)
 
-    def copy_to(self, select: sql.Composable | str, writer: HashingWriter, *, csv: bool = False,
+    def copy_to(self, select: sql.Composable | str, writer: BlockSink, *, csv: bool = False,
                 header: bool = False) -> int:
         """Stream `select` out of this snapshot into `writer`; returns the server's row count.
 
@@ -168,39 +79,12 @@ class Snapshot:
         rendered (`render`): this session's connection may be busy in the main thread.
         """
         query = select if isinstance(select, str) else self.render(select)
-        if "\n" in query:
-            raise ValueError(f"a table or column name contains a newline: {query[:200]!r}")
-        options = (" WITH (FORMAT csv, HEADER)" if header else " WITH (FORMAT csv)") if csv else ""
-        command = [
-            str(self.resource.client_program("psql")), "-X", "-v", "ON_ERROR_STOP=1",
-            # Command tags ("COPY 123") and errors go to stderr, the data alone to stdout.
-            "-o", "/dev/stderr",
-            "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-            "-c", f"SET TRANSACTION SNAPSHOT '{self.snapshot_id}'",
-            "-c", f"\\copy ({query}) TO pstdout{options}",
-            "-c", "COMMIT",
-        ]
-        with tempfile.TemporaryFile() as messages:
-            process = subprocess.Popen(command, env=self.resource.libpq_env(session=True),
-                                       stdout=subprocess.PIPE, stderr=messages)
-            try:
-                assert process.stdout is not None
-                for block in iter(lambda: process.stdout.read(COPY_BLOCK), b""):
-                    writer.write(block)
-                process.wait()
-            finally:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
-            messages.seek(0)
-            output = messages.read().decode("utf-8", "replace")
-        reported = [int(n) for n in re.findall(r"^COPY (\d+)$", output, re.MULTILINE)]
-        if process.returncode != 0 or len(reported) != 1:
-            raise RuntimeError(
-                f"reading {query[:120]}... from {self.resource.describe()} failed (psql exit "
-                f"status {process.returncode}): {output.strip() or 'no error output'}"
-            )
-        return reported[0]
+        return psql_copy_out(
+            self.resource.client_program("psql"), self.resource.libpq_env(session=True), query,
+            writer, csv=csv, header=header, where=self.resource.describe(),
+            before=("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                    f"SET TRANSACTION SNAPSHOT '{self.snapshot_id}'"),
+            after=("COMMIT",))
 
     def pg_dump(self, target: Path, *args: str) -> CopyResult:
         """Run pg_dump inside this snapshot into `target` and check that it finished."""
@@ -208,8 +92,8 @@ class Snapshot:
         command = [
             str(program),
             f"--snapshot={self.snapshot_id}",
-            "--no-owner",
-            "--no-privileges",
+            # Owners and privileges are kept (the restore creates the roles they name, or
+            # leaves them out with --no-owner); tablespaces are the old server's own folders.
             "--no-tablespaces",
             "--no-subscriptions",
             "--no-publications",
@@ -260,23 +144,8 @@ class PostgresResource(dg.ConfigurableResource):
         return f"host {self.host} port {self.port} database {self.database} user {self.user}"
 
     def session_settings(self) -> dict[str, str]:
-        """Settings of every session that reads for the backup, so all write the same text.
-
-        The export's key look-ups are large one-off queries: JIT compiling them cost more than
-        it saved (0.8 s of 2.5 s on the largest window), hashing the referenced keys in memory
-        instead of spilling to disk halves that step, and the export already reads several
-        tables at once, so parallel query workers only competed with it for the same cores.
-        """
-        return {
-            "TimeZone": "UTC",
-            "DateStyle": "ISO",
-            "IntervalStyle": "postgres",
-            "extra_float_digits": "3",
-            "lock_timeout": f"{int(self.lock_timeout_seconds)}s",
-            "jit": "off",
-            "work_mem": "128MB",
-            "max_parallel_workers_per_gather": "0",
-        }
+        """Settings of every session that reads for the backup (`pg.reader_settings`)."""
+        return reader_settings(self.lock_timeout_seconds)
 
     def libpq_env(self, *, session: bool = False) -> dict[str, str]:
         """The environment for psql/pg_dump: connection details, password out of argv.
@@ -285,9 +154,7 @@ class PostgresResource(dg.ConfigurableResource):
         """
         env = dict(os.environ)
         if session:
-            options = " ".join(f"-c {k}={v}" for k, v in self.session_settings().items())
-            env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {options}".strip()
-            env["PGCLIENTENCODING"] = "UTF8"
+            env.update(reader_env(self.session_settings()))
         env.update(
             PGHOST=self.host,
             PGPORT=str(self.port),

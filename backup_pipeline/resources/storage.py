@@ -31,6 +31,14 @@ class DiskSpaceError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ProofRecord:
+    """How the archive was restore-proven: the measured recovery time, and where."""
+
+    seconds: float
+    target: str
+
+
+@dataclass(frozen=True)
 class RetentionResult:
     kept: list[str]
     deleted: list[str]
@@ -179,7 +187,8 @@ class BackupStorage(dg.ConfigurableResource):
                 found.append((moment, path))
         return sorted(found, reverse=True)
 
-    def write_status(self, archive: Path, size_bytes: int, sha256: str, finished: float) -> None:
+    def write_status(self, archive: Path, size_bytes: int, sha256: str, finished: float,
+                     proof: ProofRecord | None = None) -> None:
         """The seeds' status files, only ever moved forward, written atomically."""
         if int(finished) < (read_last_success(self.root) or 0):
             return
@@ -196,6 +205,9 @@ class BackupStorage(dg.ConfigurableResource):
                     "sha256": sha256,
                     "finished_at": datetime.fromtimestamp(finished, UTC).isoformat(),
                     "verified": True,
+                    # null: BACKUP_RESTORE_PROOF=off, the archive was not restored.
+                    "restore_proof": ({"seconds": proof.seconds, "target": proof.target}
+                                      if proof else None),
                 },
                 indent=2,
             )

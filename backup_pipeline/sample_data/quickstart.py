@@ -16,8 +16,8 @@ from pathlib import Path
 import psycopg
 
 from backup_pipeline import layout
-from backup_pipeline.sample_data.cluster import start_cluster
 from backup_pipeline.sample_data.generate import create_schema, load_sample_data
+from backup_pipeline.throwaway_pg import start_cluster
 from backup_pipeline.verify import verify_archive
 
 SAMPLE_CONFIG = {

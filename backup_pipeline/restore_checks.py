@@ -1,0 +1,155 @@
+"""What a restored database is compared with: the archive's content, not its counts.
+
+Each restored table is read back with the export's own queries (`export_plan`) and the bytes are
+hashed: they must be exactly the file whose size and SHA-256 the manifest holds. A table loaded
+by COPY into a fresh table keeps the file's row order, and a sequential scan returns it, so the
+window of a windowed table comes back in the file's order; its older rows were written sorted
+by a unique key (`older_rows_order`) and are read back sorted the same way. A row changed,
+dropped, added or duplicated by the restore changes the digest.
+
+Then every constraint must be valid (those the source itself held NOT VALID excepted), and
+every sequence must hand out a value past the rows its column already has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from backup_pipeline.data_files import sql_data_header, sql_data_trailer
+from backup_pipeline.export_plan import (
+    OrderColumn,
+    select_all,
+    select_before_window,
+    select_window,
+    table_source,
+)
+from backup_pipeline.pg import HashingWriter, find_pg_binary, psql_copy_out, reader_env
+
+# The restored side is read by sequential scans only (the order the rows were loaded in) and
+# from the first page (no scan joins another one half way through the table).
+_READ_BACK_SETTINGS = {
+    "synchronize_seqscans": "off",
+    "enable_indexscan": "off",
+    "enable_indexonlyscan": "off",
+    "enable_bitmapscan": "off",
+    "enable_tidscan": "off",
+}
+
+
+@dataclass(frozen=True)
+class ContentResult:
+    table: str
+    rows: int
+    problem: str | None
+
+
+def _older_order(entry: dict) -> tuple[OrderColumn, ...]:
+    return tuple(OrderColumn(str(c["column"]), bool(c["collatable"]))
+                 for c in entry["older_rows_order"])
+
+
+def _read_back(entry: dict, cutoff: datetime, run) -> tuple[int, HashingWriter]:
+    """The table's file as the export would write it from the restored database."""
+    schema, name = entry["table"].split(".", 1)
+    columns = list(entry["columns"])
+    source = table_source(schema, name, bool(entry["partitioned"]))
+    writer = HashingWriter(None)
+    if entry["kind"] == "critical":
+        writer.write(sql_data_header(schema, name, columns).encode())
+        rows = run(select_all(columns, source), writer, csv=False, header=False)
+        writer.write(sql_data_trailer(rows).encode())
+        return rows, writer
+    column = entry["timestamp_column"]
+    rows = run(select_window(columns, source, column, cutoff), writer, csv=True, header=True)
+    rows += run(select_before_window(columns, source, column, cutoff, _older_order(entry)),
+                writer, csv=True, header=False)
+    return rows, writer
+
+
+def compare_content(dsn: str, env: dict[str, str], manifest: dict, settings: dict[str, str]
+                    ) -> list[ContentResult]:
+    """Each table of the manifest read back from `dsn` against its file's size and SHA-256.
+
+    `env` is psql's environment for the target (password in PGPASSWORD), `settings` the export's
+    reader settings. Archives made before format 2 lack what the read-back needs: their tables
+    get no digest comparison (the row counts are still compared).
+    """
+    files = {f["path"]: f for f in manifest["files"]}
+    cutoff = datetime.fromisoformat(manifest["window"]["cutoff"])
+    psql = find_pg_binary("psql")
+    session_env = {**env, **reader_env({**settings, **_READ_BACK_SETTINGS})}
+    results = []
+    with psycopg.connect(dsn) as conn:
+        def run(query: sql.Composable, writer: HashingWriter, *, csv: bool, header: bool
+                ) -> int:
+            return psql_copy_out(psql, session_env, query.as_string(conn), writer, csv=csv,
+                                 header=header, where="the restored database")
+
+        for entry in manifest["tables"]:
+            if "partitioned" not in entry:
+                results.append(ContentResult(entry["table"], -1, None))
+                continue
+            expected = files[entry["path"]]
+            rows, writer = _read_back(entry, cutoff, run)
+            problem = None
+            if (writer.size, writer.sha256) != (expected["size"], expected["sha256"]):
+                problem = (f"its content differs from {entry['path']} in the archive (read back "
+                           f"{writer.size} bytes, SHA-256 {writer.sha256[:16]}...; the archive "
+                           f"holds {expected['size']} bytes, {expected['sha256'][:16]}...)")
+            results.append(ContentResult(entry["table"], rows, problem))
+    return results
+
+
+_INVALID_CONSTRAINTS_QUERY = """
+SELECT format('%I.%I.%I', n.nspname, c.relname, con.conname)
+FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT con.convalidated AND con.contype IN ('c', 'f')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+ORDER BY 1
+"""
+
+
+def invalid_constraints(conn: psycopg.Connection, not_valid_in_source: list[str]) -> list[str]:
+    """Check and foreign-key constraints PostgreSQL does not hold valid, but for those the
+    source database itself held NOT VALID (they are restored as they were)."""
+    allowed = set(not_valid_in_source)
+    return [row[0] for row in conn.execute(_INVALID_CONSTRAINTS_QUERY) if row[0] not in allowed]
+
+
+# Sequences that feed a column (serial or identity) with the column they feed.
+_OWNED_SEQUENCES_QUERY = """
+SELECT format('%I.%I', sn.nspname, s.relname), format('%I.%I', tn.nspname, t.relname),
+       a.attname, seq.seqincrement
+FROM pg_depend d
+JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+JOIN pg_namespace sn ON sn.oid = s.relnamespace
+JOIN pg_sequence seq ON seq.seqrelid = s.oid
+JOIN pg_class t ON t.oid = d.refobjid
+JOIN pg_namespace tn ON tn.oid = t.relnamespace
+JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
+WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+  AND d.deptype IN ('a', 'i') AND t.relkind IN ('r', 'p')
+ORDER BY 1
+"""
+
+
+def sequences_behind(conn: psycopg.Connection) -> list[str]:
+    """Sequences whose next value is already taken by a row of their column: the application's
+    next insert would fail on a duplicate key."""
+    behind = []
+    for sequence, table, column, increment in conn.execute(_OWNED_SEQUENCES_QUERY).fetchall():
+        last, called = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(
+            sql.SQL(sequence))).fetchone()
+        extreme = "max" if increment > 0 else "min"
+        value = conn.execute(sql.SQL("SELECT {}({}) FROM {}").format(
+            sql.SQL(extreme), sql.Identifier(column), sql.SQL(table))).fetchone()[0]
+        following = last + increment if called else last
+        if value is not None and (following <= value if increment > 0 else following >= value):
+            behind.append(f"{sequence} would give {following} next, but {table}.{column} "
+                          f"already holds {value}")
+    return behind
