@@ -56,8 +56,8 @@ def troubleshooting(kind: str, settings: Settings) -> list[str]:
             "The new archive was made and verified but did NOT restore to what it holds (the "
             "error above names the table or the statement): it stays in BACKUP_DIR under its "
             "name, but it is not recorded as a good backup and retention did not run.",
-            "Your last good backup is still the one `backup-pipeline status` names (newest "
-            "recorded good, not the newest file): keep it safe.",
+            "Your last good backup is still the one `backup-pipeline status` names on its "
+            "`last success` line (not the newest file): keep it safe.",
             "Reproduce it: backup-pipeline restore <that archive> --target "
             "\"host=... dbname=scratch user=...\" on a scratch database.",
             "A table the error names but the backup does not hold: add it to BACKUP_TABLES. A "

@@ -87,7 +87,8 @@ def _status(args: argparse.Namespace) -> int:
     else:
         print("newest archive    none")
     print(f"last success      {status.last_success_at or 'never'}"
-          + (f" ({status.last_success_age_hours:.1f} h ago)" if status.last_success_at else ""))
+          + (f" ({status.last_success_age_hours:.1f} h ago)" if status.last_success_at else "")
+          + (f"  {status.last_success_archive}" if status.last_success_archive else ""))
     if status.last_run:
         run = status.last_run
         print(f"last run          {run.status}  started {run.started_at}  "

@@ -19,22 +19,86 @@ does, and names the fix).
 
 Every query here renders the same text for the export and for the restore proof, which reads
 the restored database with the same queries and must find the same bytes: the older rows a
-window keeps are written in a total order (`older_rows_order`), so they can be read back in it.
+window keeps, and every row of a partitioned table, are written in a total order
+(`TableShape.order`), so that they can be read back in it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
 
-from backup_pipeline.settings import Settings
+if TYPE_CHECKING:  # settings imports Dagster; the queries here serve restore, which does not
+    from backup_pipeline.settings import Settings
 
 
 class ExportPlanError(ValueError):
     """The database does not match the settings (a missing table or column, a dangling key)."""
+
+
+@dataclass(frozen=True)
+class OrderColumn:
+    """One column of a table's total order. Text is compared byte by byte (COLLATE "C"): a
+    restored database may have another default collation."""
+
+    name: str
+    collatable: bool
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """What a table's queries need, the same on the source and on a restored database: the
+    export writes each table's file with them, the restore proof reads it back with them.
+
+    `order` is a total order of the rows: a unique key whose columns are never NULL, or () for
+    the backed-up columns as one text (rows equal in that text are equal in the file too). Rows
+    loaded by COPY into a plain table come back in the file's order, but not in a partitioned
+    one (each partition reuses free space on its earlier pages), so a partitioned table's rows,
+    and a window's older rows (fetched by key, in no useful order), are written in it.
+    """
+
+    schema: str
+    name: str
+    partitioned: bool
+    columns: tuple[str, ...]
+    order: tuple[OrderColumn, ...]
+
+    @property
+    def source(self) -> sql.Composable:
+        return table_source(self.schema, self.name, self.partitioned)
+
+    def order_by(self, alias: str) -> sql.Composable:
+        if not self.order:
+            return sql.SQL("ORDER BY ROW({})::text COLLATE \"C\"").format(
+                column_list(self.columns, alias))
+        return sql.SQL("ORDER BY ") + sql.SQL(", ").join(
+            sql.SQL("{} COLLATE \"C\"" if c.collatable else "{}").format(
+                sql.Identifier(alias, c.name)) for c in self.order)
+
+    def _ordered(self) -> sql.Composable:
+        return self.order_by("o") if self.partitioned else sql.SQL("")
+
+    def all_rows(self) -> sql.Composable:
+        """Every row of a table backed up whole (COPY text format makes pg_dump's data
+        section)."""
+        return sql.SQL("SELECT {cols} FROM {src} o {order}").format(
+            cols=column_list(self.columns, "o"), src=self.source, order=self._ordered())
+
+    def window_rows(self, timestamp_column: str, cutoff: datetime) -> sql.Composable:
+        return sql.SQL("SELECT {cols} FROM {src} o WHERE {window} {order}").format(
+            cols=column_list(self.columns, "o"), src=self.source,
+            window=in_window(timestamp_column, cutoff, "o"), order=self._ordered())
+
+    def rows_before_window(self, timestamp_column: str, cutoff: datetime) -> sql.Composable:
+        """Every row outside the window, in the archive's order: in a restored database these
+        are exactly the older rows the archive kept."""
+        return sql.SQL("SELECT {cols} FROM {src} o WHERE ({window}) IS NOT TRUE {order}").format(
+            cols=column_list(self.columns, "o"), src=self.source,
+            window=in_window(timestamp_column, cutoff, "o"), order=self.order_by("o"))
 
 
 @dataclass(frozen=True)
@@ -46,6 +110,7 @@ class TableInfo:
     columns: tuple[str, ...]
     size_bytes: int
     estimated_rows: float
+    order: tuple[OrderColumn, ...] = ()
 
     @property
     def qualified(self) -> str:
@@ -60,37 +125,32 @@ class TableInfo:
         return sql.Identifier(self.schema, self.name)
 
     @property
+    def shape(self) -> TableShape:
+        return TableShape(self.schema, self.name, self.partitioned, self.columns, self.order)
+
+    @property
     def source(self) -> sql.Composable:
-        return table_source(self.schema, self.name, self.partitioned)
-
-
-@dataclass(frozen=True)
-class OrderColumn:
-    """One column of the order the older rows of a window are written in. Text is compared
-    byte by byte (COLLATE "C"): a restored database may have another default collation."""
-
-    name: str
-    collatable: bool
+        return self.shape.source
 
 
 @dataclass(frozen=True)
 class ForeignKey:
     """A foreign key between two backed-up tables (the tables holding the rows of the
-    relations it is declared on and references)."""
+    relations it is declared on and references). `into_partition`: it references one
+    partition of the target, whose key need not be unique across the whole table."""
 
     name: str
     source: int
     source_columns: tuple[str, ...]
     target: int
     target_columns: tuple[str, ...]
+    into_partition: bool = False
 
 
 @dataclass(frozen=True)
 class WindowedTable:
     table: TableInfo
     timestamp_column: str
-    # A unique key of the table whose columns are never NULL, or () to order by the whole row.
-    older_rows_order: tuple[OrderColumn, ...] = ()
 
 
 def table_source(schema: str, name: str, partitioned: bool) -> sql.Composable:
@@ -106,11 +166,6 @@ def column_list(columns: tuple[str, ...] | list[str], alias: str | None = None
     return sql.SQL(", ").join(names)
 
 
-def select_all(columns: tuple[str, ...] | list[str], source: sql.Composable) -> sql.Composable:
-    """Every row of a table backed up whole (COPY text format makes pg_dump's data section)."""
-    return sql.SQL("SELECT {cols} FROM {src}").format(cols=column_list(columns), src=source)
-
-
 def in_window(timestamp_column: str, cutoff: datetime, alias: str | None = None
               ) -> sql.Composable:
     """The window's condition. The cut-off is a timestamptz: a `timestamp without time zone`
@@ -118,35 +173,6 @@ def in_window(timestamp_column: str, cutoff: datetime, alias: str | None = None
     column = sql.Identifier(alias, timestamp_column) if alias else sql.Identifier(
         timestamp_column)
     return sql.SQL("{ts} >= {cutoff}").format(ts=column, cutoff=sql.Literal(cutoff))
-
-
-def select_window(columns: tuple[str, ...] | list[str], source: sql.Composable,
-                  timestamp_column: str, cutoff: datetime) -> sql.Composable:
-    return sql.SQL("SELECT {cols} FROM {src} WHERE {window}").format(
-        cols=column_list(columns), src=source, window=in_window(timestamp_column, cutoff))
-
-
-def order_by(order: tuple[OrderColumn, ...], columns: tuple[str, ...] | list[str],
-             alias: str) -> sql.Composable:
-    """ORDER BY the unique key, or the backed-up columns as one text: the same total order on
-    any server (rows equal in that text are equal in the file too)."""
-    if not order:
-        return sql.SQL("ORDER BY ROW({})::text COLLATE \"C\"").format(
-            column_list(columns, alias))
-    return sql.SQL("ORDER BY ") + sql.SQL(", ").join(
-        sql.SQL("{} COLLATE \"C\"" if c.collatable else "{}").format(sql.Identifier(alias, c.name))
-        for c in order)
-
-
-def select_before_window(columns: tuple[str, ...] | list[str], source: sql.Composable,
-                         timestamp_column: str, cutoff: datetime,
-                         order: tuple[OrderColumn, ...]) -> sql.Composable:
-    """Every row outside the window, in the archive's order: in a restored database these are
-    exactly the older rows the archive kept."""
-    return sql.SQL("SELECT {cols} FROM {src} o WHERE ({window}) IS NOT TRUE {order}").format(
-        cols=column_list(columns, "o"), src=source,
-        window=in_window(timestamp_column, cutoff, "o"),
-        order=order_by(order, columns, "o"))
 
 
 @dataclass
@@ -176,7 +202,7 @@ class ExportPlan:
 
     def critical_query(self, table: TableInfo) -> sql.Composable:
         """Every row of a critical table (COPY text format makes pg_dump's data section)."""
-        return select_all(table.columns, table.source)
+        return table.shape.all_rows()
 
     def window_query(self, windowed: WindowedTable) -> sql.Composable:
         """The window plus every row a backed-up row references (written out as CSV)."""
@@ -188,16 +214,16 @@ class ExportPlan:
 
         Two index-friendly halves, so the cost follows the backed-up rows and not the table:
         the window by its timestamp index, then the older rows that are referenced, looked up
-        by their key (see `_older_rows`) and sorted in `older_rows_order`. The export reads them
-        in separate sessions at once and writes the second after the first, in the same file.
+        by their key (see `_older_rows`) and sorted in the table's total order. The export
+        reads them in separate sessions at once and writes the second after the first, in the
+        same file.
         """
         table = windowed.table
-        parts = [select_window(table.columns, table.source, windowed.timestamp_column,
-                               self.cutoff)]
+        parts = [table.shape.window_rows(windowed.timestamp_column, self.cutoff)]
         older = self._older_rows(windowed, len(self.windowed), list(table.columns))
         if older is not None:
             parts.append(sql.SQL("SELECT * FROM ({older}) o {order}").format(
-                older=older, order=order_by(windowed.older_rows_order, table.columns, "o")))
+                older=older, order=table.shape.order_by("o")))
         return parts
 
     def window_estimate(self, windowed: WindowedTable) -> sql.Composable:
@@ -233,7 +259,10 @@ class ExportPlan:
         outer = sql.SQL(", ").join(sql.Identifier("t", c) for c in columns)
         filled = sql.SQL(" AND ").join(
             sql.SQL("{} IS NOT NULL").format(sql.Identifier("t", c)) for c in columns)
-        if len(by_key) > 1 or len(next(iter(by_key))) == 1:
+        # A key into one partition need not be unique across the table: no LIMIT 1 then.
+        into_partition = any(fk.into_partition for fk in self.foreign_keys
+                             if fk.target == windowed.table.oid)
+        if len(by_key) > 1 or len(next(iter(by_key))) == 1 or into_partition:
             # Foreign keys into different unique columns: one row may be referenced by several;
             # one query with OR keeps each row once.
             query = sql.SQL("SELECT {outer} FROM {src} t WHERE ({window}) IS NOT TRUE AND ({any})"
@@ -351,18 +380,20 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass(%s) AND c.relkind IN ('r', 'p')
 """
 
-# Every foreign key once (`conparentid = 0` leaves out the copies PostgreSQL makes on each
-# partition of a parent's key, and on each partition a key into a partitioned table points at),
-# with the backed-up tables that hold the rows of both sides: the relation itself, or the
-# nearest backed-up partitioned parent of a partition (pg_partition_ancestors lists a partition
-# first, then its parents; it lists nothing for a table outside any partition tree).
+# Every foreign key, with the backed-up tables that hold the rows of both sides: the relation
+# itself, or the nearest backed-up partitioned parent of a partition (pg_partition_ancestors
+# lists a partition first, then its parents; it lists nothing for a table outside any partition
+# tree). The copies PostgreSQL makes of a parent's key on each partition (and, for a key into a
+# partitioned table, one per referenced partition) are listed too: when only a partition is
+# backed up, its copy is the key that matters; otherwise they map to the same tables as the
+# parent's key, and `_foreign_keys` keeps one.
 _HOLDER = """(SELECT r.oid::int FROM (SELECT {rel}::oid AS oid, 0 AS depth UNION ALL
               SELECT a.relid::oid, a.depth FROM pg_partition_ancestors({rel})
                                                 WITH ORDINALITY a(relid, depth)) r
         WHERE r.oid = ANY(%(backed_up)s::oid[]) ORDER BY r.depth LIMIT 1)"""
 _FOREIGN_KEY_QUERY = f"""
 SELECT con.conname, con.conrelid::regclass::text, con.confrelid::regclass::text,
-       (SELECT relispartition FROM pg_class WHERE oid = con.confrelid),
+       con.confrelid::int, (SELECT relispartition FROM pg_class WHERE oid = con.confrelid),
        {_HOLDER.format(rel="con.conrelid")}, {_HOLDER.format(rel="con.confrelid")},
        array(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(attnum, i)
              JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
@@ -371,8 +402,8 @@ SELECT con.conname, con.conrelid::regclass::text, con.confrelid::regclass::text,
              JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum
              ORDER BY k.i)
 FROM pg_constraint con
-WHERE con.contype = 'f' AND con.conparentid = 0
-ORDER BY con.conname, con.oid
+WHERE con.contype = 'f'
+ORDER BY con.conparentid <> 0, con.conname, con.oid
 """
 
 _NESTED_QUERY = """
@@ -435,7 +466,8 @@ def _resolve(conn: psycopg.Connection, name: str, variable: str) -> TableInfo:
             f"name (schema.table for a schema other than public) or remove it from {variable}."
         )
     oid, schema, relname, relkind, size, estimated_rows, columns = row
-    return TableInfo(oid, schema, relname, relkind, tuple(columns), size, estimated_rows)
+    return TableInfo(oid, schema, relname, relkind, tuple(columns), size, estimated_rows,
+                     _total_order(conn, oid, tuple(columns)))
 
 
 def _regclass_text(name: str) -> str:
@@ -457,9 +489,10 @@ def _check_timestamp_column(conn: psycopg.Connection, table: TableInfo, column: 
         )
 
 
-def _older_rows_order(conn: psycopg.Connection, table: TableInfo) -> tuple[OrderColumn, ...]:
-    for names, collatable in conn.execute(_ORDER_KEY_QUERY, (table.oid,)):
-        if set(names) <= set(table.columns):
+def _total_order(conn: psycopg.Connection, oid: int, columns: tuple[str, ...]
+                 ) -> tuple[OrderColumn, ...]:
+    for names, collatable in conn.execute(_ORDER_KEY_QUERY, (oid,)):
+        if set(names) <= set(columns):
             return tuple(OrderColumn(n, c) for n, c in zip(names, collatable, strict=True))
     return ()
 
@@ -501,8 +534,8 @@ def _foreign_keys(conn: psycopg.Connection, backed_up: list[int]) -> list[Foreig
     """The keys between backed-up tables; a key from a backed-up table into one that is not
     fails the run, naming the fix."""
     foreign_keys = []
-    for (name, declared_on, references, into_partition, source, target, src_cols,
-         dst_cols) in conn.execute(_FOREIGN_KEY_QUERY, {"backed_up": backed_up}):
+    for (name, declared_on, references, references_oid, into_partition, source, target,
+         src_cols, dst_cols) in conn.execute(_FOREIGN_KEY_QUERY, {"backed_up": backed_up}):
         if source is None:
             continue
         if target is None:
@@ -515,8 +548,10 @@ def _foreign_keys(conn: psycopg.Connection, backed_up: list[int]) -> list[Foreig
                 f"constraint. Add {references}{parent} to BACKUP_TABLES (or "
                 f"BACKUP_TRANSACTION_TABLES), or stop backing up {holder}."
             )
-        key = ForeignKey(name, source, tuple(src_cols), target, tuple(dst_cols))
-        # The same key declared on each partition is one key of the table that holds them.
+        key = ForeignKey(name, source, tuple(src_cols), target, tuple(dst_cols),
+                         into_partition=bool(into_partition) and target != references_oid)
+        # The same key declared on each partition is one key of the table that holds them;
+        # keys declared by hand come first, PostgreSQL's copies of them after.
         if not any((k.source, k.source_columns, k.target, k.target_columns)
                    == (key.source, key.source_columns, key.target, key.target_columns)
                    for k in foreign_keys):
@@ -531,8 +566,7 @@ def build_plan(conn: psycopg.Connection, settings: Settings, cutoff: datetime) -
     for entry in settings.transaction_tables:
         table = _resolve(conn, entry.name, "BACKUP_TRANSACTION_TABLES")
         _check_timestamp_column(conn, table, entry.timestamp_column)
-        windowed.append(WindowedTable(table, entry.timestamp_column,
-                                      _older_rows_order(conn, table)))
+        windowed.append(WindowedTable(table, entry.timestamp_column))
     backed_up = [t.oid for t in critical] + [w.table.oid for w in windowed]
     _check_whole_tables(conn, backed_up)
     user = conn.execute("SELECT current_user").fetchone()[0]

@@ -50,6 +50,7 @@ class BackupStatus:
     archive_count: int
     last_success_at: str | None
     last_success_age_hours: float | None
+    last_success_archive: str | None
     last_size_mb: int | None
     free_disk_mb: int | None
     last_run: RunInfo | None = None
@@ -136,6 +137,7 @@ def collect_status(settings: Settings, with_history: bool = True) -> BackupStatu
         archive_count=len(found),
         last_success_at=datetime.fromtimestamp(success, UTC).isoformat() if success else None,
         last_success_age_hours=round((now - success) / 3600, 2) if success else None,
+        last_success_archive=(last or {}).get("archive"),
         last_size_mb=_read_int(root / layout.LAST_SIZE_FILE),
         free_disk_mb=free,
         last_restore_drill=_read_json(root / layout.LAST_DRILL_FILE),

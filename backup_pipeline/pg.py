@@ -137,6 +137,7 @@ def reader_settings(lock_timeout_seconds: int) -> dict[str, str]:
         "DateStyle": "ISO",
         "IntervalStyle": "postgres",
         "extra_float_digits": "3",
+        "bytea_output": "hex",
         "lock_timeout": f"{int(lock_timeout_seconds)}s",
         "jit": "off",
         "work_mem": "128MB",

@@ -3,10 +3,12 @@
 Everything here assumes the worst night. The archive is verified before anything is touched and a
 bad one is refused. A database that already holds tables is refused unless `force` says to replace
 them, and then the old schema is dropped inside the same transaction as the restore, so a failed
-restore leaves the old database exactly as it was. The full restore runs the archive's own
-`database/_restore.psql` with psql in one transaction, stopping at the first error, the same
-script the plain-shell procedure in BACKUP_INFO.txt uses. Afterwards the row counts are compared
-with the manifest and every foreign key is checked.
+restore leaves the old database exactly as it was. The full restore creates the roles the schema
+names where they are missing, then loads the archive through one connection in one transaction
+(restore_load.py: from the manifest, never running the archive's own script), stopping at the
+first error. Afterwards it is compared with the archive (restore_checks.py): row counts, every
+table's content byte for byte, every constraint, every sequence. The restore proof of every
+backup run is this same code.
 
 A partial restore (`tables`) merges the archive's rows of the named tables into an existing
 database by primary key: rows changed or deleted since the backup come back, rows added since are
@@ -68,6 +70,10 @@ class RestoreReport:
     sequences_behind: list[str] = field(default_factory=list)
     roles_created: list[str] = field(default_factory=list)
     content_compared: bool = False
+    # Why the target database does not have the source's collation, when it does not.
+    locale_note: str | None = None
+    # Seconds of each step (verify_and_extract, load, compare): where a restore spends its time.
+    phases: dict[str, float] = field(default_factory=dict)
     config_written: list[str] = field(default_factory=list)
 
     @property
@@ -151,26 +157,68 @@ def verified(archive: Path, progress: Progress, extract_to: Path | None = None
     return report
 
 
-def ensure_database(dsn: str, progress: Progress) -> None:
-    """Create the target database when it does not exist yet (the usual disaster case)."""
+def _with_locale(name: str, locale: dict) -> sql.Composable:
+    """CREATE DATABASE with the source's encoding and collation (from template0, the only
+    template that accepts another locale)."""
+    statement = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} "
+                        "LC_CTYPE {}").format(
+        sql.Identifier(name), sql.Literal(locale["encoding"]), sql.Literal(locale["collate"]),
+        sql.Literal(locale["ctype"]))
+    provider = {"i": "icu", "b": "builtin"}.get(locale.get("provider") or "c")
+    if provider:
+        keyword = "ICU_LOCALE" if provider == "icu" else "BUILTIN_LOCALE"
+        statement += sql.SQL(f" LOCALE_PROVIDER {provider} {keyword} {{}}").format(
+            sql.Literal(locale["locale"]))
+    return statement
+
+
+def ensure_database(dsn: str, progress: Progress, locale: dict | None = None) -> str | None:
+    """Create the target database when it does not exist yet (the usual disaster case), with
+    the source's encoding and collation when the archive names them. Returns a note when the
+    server lacks that collation and the database got the server's default instead."""
     try:
         psycopg.connect(dsn, connect_timeout=10).close()
-        return
+        return None
     except psycopg.OperationalError as error:
         name = conninfo_to_dict(dsn)["dbname"]
         if f'database "{name}" does not exist' not in str(error):
             raise RestoreError(f"cannot connect to {describe_target(dsn)}: "
                                f"{str(error).strip()}") from None
-    progress(f"creating database {name}")
+    progress(f"creating database {name}"
+             + (f" ({locale['encoding']}, collation {locale['locale'] or locale['collate']})"
+                if locale else ""))
+    note = None
     try:
         with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True,
                              connect_timeout=10) as conn:
+            try:
+                if locale:
+                    conn.execute(_with_locale(name, locale))
+                    return None
+            except psycopg.Error as error:
+                note = (f"the source's collation ({locale['locale'] or locale['collate']}) is not "
+                        f"available on this server ({str(error).strip()}): the database was "
+                        f"created with the server's default. Text sorts and text-dependent "
+                        f"partitions or constraints may differ; install that locale (Debian: "
+                        f"locales-all) for a faithful restore.")
+                progress(f"WARNING: {note}")
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     except psycopg.Error as error:
         raise RestoreError(
             f"database {name} does not exist and could not be created: {str(error).strip()}. "
             f"Create it (CREATE DATABASE), or restore as a user with CREATEDB."
         ) from None
+    return note
+
+
+def drop_database(dsn: str) -> None:
+    """Drop a scratch database (the drill's, the proof's), from the server's maintenance
+    database; the restore creates it again, with the archive's collation."""
+    name = conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True,
+                         connect_timeout=10) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
 
 
 def existing_tables(conn: psycopg.Connection) -> list[str]:
@@ -253,9 +301,7 @@ def full_restore(workdir: Path, dsn: str, manifest: dict, force: bool, no_owner:
         if present:
             progress(f"replacing {len(present)} existing tables (--force)")
         for role in missing:
-            progress(f"creating role {role.name}: NOLOGIN, no password (on the source: "
-                     f"{role.source_attributes}); give it its login afterwards with "
-                     f"ALTER ROLE {role.name} LOGIN PASSWORD '...'")
+            progress(f"creating role {role.name}: {role.restore_advice}")
         progress("restoring in one transaction: " + ("roles, " if roles else "")
                  + "schema, tables, transactions, sequences, indexes and constraints"
                  + (" (without owners and privileges: --no-owner)" if no_owner else ""))
@@ -434,18 +480,24 @@ def restore_archive(archive: Path, target_dsn: str, *, force: bool = False,
         workdir = Path(folder)
         manifest = verified(archive, progress, extract_to=workdir).manifest
         assert manifest is not None
+        report.phases["verify_and_extract"] = round(time.monotonic() - started, 2)
         if tables:
             report.tables = partial_restore(workdir, target_dsn, manifest, tables, progress)
             with psycopg.connect(target_dsn) as conn:
                 report.invalid_constraints = invalid_constraints(
                     conn, manifest.get("not_valid_constraints", []))
         else:
-            ensure_database(target_dsn, progress)
+            report.locale_note = ensure_database(target_dsn, progress,
+                                                 manifest.get("database_locale"))
+            loading = time.monotonic()
             report.roles_created = full_restore(workdir, target_dsn, manifest, force, no_owner,
                                                 progress)
+            comparing = time.monotonic()
+            report.phases["load"] = round(comparing - loading, 2)
             progress("comparing with the archive: row counts, every table's content, "
                      "constraints and sequences")
             compare_restored(target_dsn, manifest, report)
+            report.phases["compare"] = round(time.monotonic() - comparing, 2)
         if config_to is not None:
             report.config_written = write_config(workdir, manifest, Path(config_to), progress)
     report.seconds = time.monotonic() - started

@@ -3,9 +3,10 @@
 Each restored table is read back with the export's own queries (`export_plan`) and the bytes are
 hashed: they must be exactly the file whose size and SHA-256 the manifest holds. A table loaded
 by COPY into a fresh table keeps the file's row order, and a sequential scan returns it, so the
-window of a windowed table comes back in the file's order; its older rows were written sorted
-by a unique key (`older_rows_order`) and are read back sorted the same way. A row changed,
-dropped, added or duplicated by the restore changes the digest.
+window of a plain table comes back in the file's order; a partitioned table's rows, and a
+window's older rows, were written sorted in the table's total order (`TableShape.order`) and
+are read back sorted the same way. A row changed, dropped, added or duplicated by the restore
+changes the digest.
 
 Then every constraint must be valid (those the source itself held NOT VALID excepted), and
 every sequence must hand out a value past the rows its column already has.
@@ -15,18 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 import psycopg
 from psycopg import sql
 
 from backup_pipeline.data_files import sql_data_header, sql_data_trailer
-from backup_pipeline.export_plan import (
-    OrderColumn,
-    select_all,
-    select_before_window,
-    select_window,
-    table_source,
-)
+from backup_pipeline.export_plan import OrderColumn, TableShape
 from backup_pipeline.pg import HashingWriter, find_pg_binary, psql_copy_out, reader_env
 
 # The restored side is read by sequential scans only (the order the rows were loaded in) and
@@ -47,26 +43,27 @@ class ContentResult:
     problem: str | None
 
 
-def _older_order(entry: dict) -> tuple[OrderColumn, ...]:
-    return tuple(OrderColumn(str(c["column"]), bool(c["collatable"]))
-                 for c in entry["older_rows_order"])
+def shape_of(entry: dict) -> TableShape:
+    """The manifest's description of a table, as the export's queries take it."""
+    schema, name = entry["table"].split(".", 1)
+    return TableShape(schema, name, bool(entry["partitioned"]),
+                      tuple(str(c) for c in entry["columns"]),
+                      tuple(OrderColumn(str(c["column"]), bool(c["collatable"]))
+                            for c in entry["order"]))
 
 
 def _read_back(entry: dict, cutoff: datetime, run) -> tuple[int, HashingWriter]:
     """The table's file as the export would write it from the restored database."""
-    schema, name = entry["table"].split(".", 1)
-    columns = list(entry["columns"])
-    source = table_source(schema, name, bool(entry["partitioned"]))
+    shape = shape_of(entry)
     writer = HashingWriter(None)
     if entry["kind"] == "critical":
-        writer.write(sql_data_header(schema, name, columns).encode())
-        rows = run(select_all(columns, source), writer, csv=False, header=False)
+        writer.write(sql_data_header(shape.schema, shape.name, shape.columns).encode())
+        rows = run(shape.all_rows(), writer, csv=False, header=False)
         writer.write(sql_data_trailer(rows).encode())
         return rows, writer
     column = entry["timestamp_column"]
-    rows = run(select_window(columns, source, column, cutoff), writer, csv=True, header=True)
-    rows += run(select_before_window(columns, source, column, cutoff, _older_order(entry)),
-                writer, csv=True, header=False)
+    rows = run(shape.window_rows(column, cutoff), writer, csv=True, header=True)
+    rows += run(shape.rows_before_window(column, cutoff), writer, csv=True, header=False)
     return rows, writer
 
 
@@ -90,11 +87,16 @@ def compare_content(dsn: str, env: dict[str, str], manifest: dict, settings: dic
                                  header=header, where="the restored database")
 
         for entry in manifest["tables"]:
-            if "partitioned" not in entry:
+            if "order" not in entry:
                 results.append(ContentResult(entry["table"], -1, None))
                 continue
             expected = files[entry["path"]]
-            rows, writer = _read_back(entry, cutoff, run)
+            try:
+                rows, writer = _read_back(entry, cutoff, run)
+            except RuntimeError as error:
+                results.append(ContentResult(entry["table"], -1,
+                                             f"it could not be read back to compare: {error}"))
+                continue
             problem = None
             if (writer.size, writer.sha256) != (expected["size"], expected["sha256"]):
                 problem = (f"its content differs from {entry['path']} in the archive (read back "
@@ -121,20 +123,29 @@ def invalid_constraints(conn: psycopg.Connection, not_valid_in_source: list[str]
     return [row[0] for row in conn.execute(_INVALID_CONSTRAINTS_QUERY) if row[0] not in allowed]
 
 
-# Sequences that feed a column (serial or identity) with the column they feed.
-_OWNED_SEQUENCES_QUERY = """
+# Sequences that feed a column: its default calls nextval() on them, or it is an identity
+# column. (A sequence a column merely owns, while its default calls another one, feeds nothing.)
+# Partitions are left out: their parent's column holds their rows.
+_FEEDING_SEQUENCES_QUERY = """
+WITH feeds(seq, rel, attnum) AS (
+    SELECT d.refobjid, ad.adrelid, ad.adnum FROM pg_attrdef ad
+    JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+                    AND d.refclassid = 'pg_class'::regclass
+    UNION
+    SELECT d.objid, d.refobjid, d.refobjsubid FROM pg_depend d
+    WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+      AND d.deptype = 'i' AND d.refobjsubid > 0
+)
 SELECT format('%I.%I', sn.nspname, s.relname), format('%I.%I', tn.nspname, t.relname),
        a.attname, seq.seqincrement
-FROM pg_depend d
-JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+FROM feeds f
+JOIN pg_class s ON s.oid = f.seq AND s.relkind = 'S'
 JOIN pg_namespace sn ON sn.oid = s.relnamespace
 JOIN pg_sequence seq ON seq.seqrelid = s.oid
-JOIN pg_class t ON t.oid = d.refobjid
+JOIN pg_class t ON t.oid = f.rel AND t.relkind IN ('r', 'p') AND NOT t.relispartition
 JOIN pg_namespace tn ON tn.oid = t.relnamespace
-JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
-WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-  AND d.deptype IN ('a', 'i') AND t.relkind IN ('r', 'p')
-ORDER BY 1
+JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = f.attnum
+ORDER BY 1, 2, 3
 """
 
 
@@ -142,12 +153,14 @@ def sequences_behind(conn: psycopg.Connection) -> list[str]:
     """Sequences whose next value is already taken by a row of their column: the application's
     next insert would fail on a duplicate key."""
     behind = []
-    for sequence, table, column, increment in conn.execute(_OWNED_SEQUENCES_QUERY).fetchall():
+    for sequence, table, column, increment in conn.execute(_FEEDING_SEQUENCES_QUERY).fetchall():
         last, called = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(
             sql.SQL(sequence))).fetchone()
         extreme = "max" if increment > 0 else "min"
         value = conn.execute(sql.SQL("SELECT {}({}) FROM {}").format(
             sql.SQL(extreme), sql.Identifier(column), sql.SQL(table))).fetchone()[0]
+        if isinstance(value, bool) or not isinstance(value, int | Decimal):
+            continue  # a sequence feeding a text column (e.g. 'INV-' || nextval(...))
         following = last + increment if called else last
         if value is not None and (following <= value if increment > 0 else following >= value):
             behind.append(f"{sequence} would give {following} next, but {table}.{column} "

@@ -21,12 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
 from backup_pipeline import layout
-from backup_pipeline.restore import RestoreError, RestoreReport, describe_target, restore_archive
+from backup_pipeline.restore import (
+    RestoreError,
+    RestoreReport,
+    describe_target,
+    drop_database,
+    restore_archive,
+)
 from backup_pipeline.throwaway_pg import ClusterError, LocalCluster, start_cluster, sweep_leftovers
 
 PROOF_PREFIX = "backup_pipeline_proof_"
@@ -61,8 +63,9 @@ class ProofResult:
         return sum(t.restored for t in self.report.tables)
 
     def summary(self) -> str:
+        note = f"; {self.report.locale_note}" if self.report.locale_note else ""
         return (f"restored and compared in {self.seconds:.0f} s ({len(self.report.tables)} "
-                f"tables, {self.rows} rows, into {self.target})")
+                f"tables, {self.rows} rows, into {self.target}{note})")
 
 
 def server_major(manifest: dict) -> int:
@@ -73,28 +76,23 @@ def server_major(manifest: dict) -> int:
     return int(match.group(1))
 
 
-def _check_room(manifest: dict) -> None:
-    """The extracted files, the restored database (about twice the data, with its indexes) and
-    a margin must fit in the temporary folder: say so before starting, naming the folder."""
+def _check_room(manifest: dict, *, with_server: bool) -> None:
+    """The extracted files (and, for the throwaway server, the restored database: about twice
+    the data, with its indexes) and a margin must fit in the temporary folder: say so before
+    starting, naming the folder."""
     folder = Path(tempfile.gettempdir())
     data = sum(int(f["size"]) for f in manifest["files"])
-    needed = 3 * data + 64 * layout.MB
+    needed = (3 if with_server else 1) * data + 64 * layout.MB
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise RestoreProofError(
             f"not enough free disk in the temporary folder {folder} for the restore proof: it "
             f"needs about {needed // layout.MB} MB (the archive's {data // layout.MB} MB of files "
-            f"extracted, and restored with their indexes) but {free // layout.MB} MB are free. "
-            f"Free space there, point TMPDIR at a larger disk, or set BACKUP_DRILL_DSN to a "
-            f"scratch database on a server with room.")
-
-
-def _recreate(dsn: str) -> None:
-    name = conninfo_to_dict(dsn)["dbname"]
-    with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True,
-                         connect_timeout=10) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+            f"extracted" + (", and restored with their indexes" if with_server else "")
+            + f") but {free // layout.MB} MB are free. Free space there, point TMPDIR at a "
+            f"larger disk" + ("" if not with_server else ", or set BACKUP_DRILL_DSN to a "
+                                                         "scratch database on a server with room")
+            + ".")
 
 
 def prove_archive(archive: Path, manifest: dict, *, scratch_dsn: str | None = None,
@@ -103,18 +101,21 @@ def prove_archive(archive: Path, manifest: dict, *, scratch_dsn: str | None = No
     `restore_archive`, compare it, and raise RestoreProofError naming what did not hold."""
     started = time.monotonic()
     cluster: LocalCluster | None = None
+    server_seconds = 0.0
     try:
+        _check_room(manifest, with_server=not scratch_dsn)
         if scratch_dsn:
-            _recreate(scratch_dsn)
+            drop_database(scratch_dsn)
             dsn, target = scratch_dsn, f"the scratch database BACKUP_DRILL_DSN " \
                                        f"({describe_target(scratch_dsn)})"
         else:
             for leftover in sweep_leftovers(PROOF_PREFIX):
                 progress(f"removed the throwaway server a killed run left in {leftover}")
-            _check_room(manifest)
             major = server_major(manifest)
+            starting = time.monotonic()
             cluster = start_cluster(settings=PROOF_SERVER_SETTINGS, major=major,
                                     die_with_parent=True, prefix=PROOF_PREFIX)
+            server_seconds = round(time.monotonic() - starting, 2)
             dsn = cluster.dsn(PROOF_DATABASE)
             target = f"a throwaway PostgreSQL {major} server"
         progress(f"restore proof: restoring {archive.name} into {target}")
@@ -133,4 +134,5 @@ def prove_archive(archive: Path, manifest: dict, *, scratch_dsn: str | None = No
     if not report.ok:
         raise RestoreProofError(
             f"{archive.name} restored, but not to what it holds: " + "; ".join(report.problems))
+    report.phases["server_start"] = server_seconds
     return ProofResult(archive.name, target, round(time.monotonic() - started, 2), report)

@@ -37,7 +37,7 @@ def restore_script(tables: list[dict], *, roles: bool = True) -> str:
     step = iter(range(1, steps + 1))
     lines = [
         "-- backup_pipeline restore script. From the folder the archive was extracted into:",
-        '--   psql -X -v ON_ERROR_STOP=1 --single-transaction -d "$RESTORE_DB" '
+        '--   psql -X -q -v ON_ERROR_STOP=1 --single-transaction -d "$RESTORE_DB" '
         "-f database/_restore.psql",
         "\\set ON_ERROR_STOP on",
     ]

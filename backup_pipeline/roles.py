@@ -27,6 +27,10 @@ WITH RECURSIVE owners(oid) AS (
     WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
     UNION SELECT c.relowner FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
+    UNION SELECT p.proowner FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
+    UNION SELECT t.typowner FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+    WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
 ), named(oid) AS (
     SELECT oid FROM owners
     UNION SELECT refobjid FROM pg_shdepend
@@ -86,6 +90,16 @@ class Role:
         """What the role had on the source, as ALTER ROLE options."""
         return " ".join(["LOGIN" if self.login else "NOLOGIN", *self.attributes])
 
+    @property
+    def restore_advice(self) -> str:
+        """What a restore that creates this role says about it."""
+        if not (self.login or self.attributes):
+            return "NOLOGIN, no password, as on the source"
+        options = " ".join([*(["LOGIN"] if self.login else []), *self.attributes])
+        return (f"NOLOGIN, no password (on the source: {self.source_attributes}); give that "
+                f"back with ALTER ROLE {self.name} {options}"
+                + (" PASSWORD '...'" if self.login else ""))
+
 
 def needed_roles(conn: psycopg.Connection) -> list[Role]:
     """The roles the database's schema names, groups before their members."""
@@ -106,6 +120,17 @@ def needed_roles(conn: psycopg.Connection) -> list[Role]:
     return ordered
 
 
+def database_locale(conn: psycopg.Connection) -> dict[str, str | None]:
+    """The source database's encoding and collation: a restored database created with them
+    sorts, partitions by text and checks constraints the way the source does."""
+    row = conn.execute(
+        "SELECT pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, "
+        "to_jsonb(d) ->> 'datlocprovider', "
+        "coalesce(to_jsonb(d) ->> 'datlocale', to_jsonb(d) ->> 'daticulocale') "
+        "FROM pg_database d WHERE d.datname = current_database()").fetchone()
+    return dict(zip(("encoding", "collate", "ctype", "provider", "locale"), row, strict=True))
+
+
 def _literal(text: str) -> str:
     if _DO_TAG in text or "\x00" in text:
         raise RoleNameError(f"role name {text!r} cannot be written into the roles script")
@@ -115,19 +140,15 @@ def _literal(text: str) -> str:
 def create_missing_roles_sql(roles: list[Role]) -> str:
     """SQL that creates each role the target lacks (NOLOGIN, no password, in its groups) and
     says so; existing roles are not touched. It runs inside the restore's transaction."""
-    blocks = ["-- backup_pipeline: the roles this schema names, created only where missing\n"]
+    blocks = ["-- backup_pipeline: the roles this schema names, created only where missing\n"
+              "SET standard_conforming_strings = on;\n"]
     for role in roles:
         name = _literal(role.name)
         grants = "".join(
             f"    EXECUTE format('GRANT %I TO %I', {_literal(group)}, {name});\n"
             for group in role.member_of)
-        hint = "created role % (NOLOGIN, no password, as it had no login on the source)"
-        if role.login or role.attributes:
-            options = " ".join([*(["LOGIN"] if role.login else []), *role.attributes])
-            hint = (f"created role % (NOLOGIN, no password); on the source it was "
-                    f"{role.source_attributes}: ALTER ROLE % {options}"
-                    f"{' PASSWORD ...' if role.login else ''} gives that back")
-        quoted = ", ".join([f"quote_ident({name})"] * hint.count("%"))
+        hint = f"created role %: {role.restore_advice.replace('%', '%%')}"
+        quoted = f"quote_ident({name})"
         blocks.append(
             f"DO {_DO_TAG}\nBEGIN\n"
             f"  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {name}) THEN\n"

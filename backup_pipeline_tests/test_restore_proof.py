@@ -93,6 +93,11 @@ def test_without_the_proof_nothing_pretends(backup_env, instance, monkeypatch):
 
 def test_a_proven_run_says_so_in_the_email_and_status(backup_env, instance):
     assert run_backup(backup_env, instance).success
+    proof = json.loads((Path(backup_env["BACKUP_DIR"]) / layout.LAST_BACKUP_FILE).read_text()
+                       )["restore_proof"]
+    # Where the recovery time goes, step by step, within the proof's own time.
+    assert set(proof["phases"]) == {"server_start", "verify_and_extract", "load", "compare"}
+    assert 0 < sum(proof["phases"].values()) <= proof["seconds"]
     [email] = _outbox(backup_env)
     text = email.get_body(("plain",)).get_content()
     assert "Restore proof restored and compared in " in text

@@ -249,6 +249,7 @@ def run_scale(scale: float, repeats: int, workdir: Path) -> dict:
             status = json.loads((Path(env["BACKUP_DIR"]) / ".last_backup.json").read_text())
             if proof:
                 pipe_run["proof_seconds"] = status["restore_proof"]["seconds"]
+                pipe_run["proof_phases"] = status["restore_proof"]["phases"]
             archives[name] = archive
             results[name].append(pipe_run)
 
@@ -393,6 +394,8 @@ def main() -> int:
         print(f"  {'approach':<17} {'median s':>9} {'peak MB':>8} {'archive MB':>11}")
         for approach in ("seeds", "pipeline", "pipeline_without_proof", "floor",
                          "floor_window_only"):
+            if approach not in result:  # a scale measured before this approach existed
+                continue
             r = result[approach]
             print(f"  {approach:<17} {r['median_seconds']:>9} {r['peak_rss_mb']:>8} "
                   f"{r['archive_mb'] if r['archive_mb'] is not None else '-':>11}")

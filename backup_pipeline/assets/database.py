@@ -28,7 +28,7 @@ from backup_pipeline.export_plan import ExportPlan, TableInfo, WindowedTable, bu
 from backup_pipeline.pg import COPY_BLOCK, CopyResult, HashingWriter
 from backup_pipeline.resources.postgres import PostgresResource, Snapshot
 from backup_pipeline.resources.storage import BackupStorage
-from backup_pipeline.roles import create_missing_roles_sql, needed_roles
+from backup_pipeline.roles import create_missing_roles_sql, database_locale, needed_roles
 from backup_pipeline.settings import Settings
 
 SCHEMA_KEY = dg.AssetKey("database_schema")
@@ -190,6 +190,11 @@ def _compressed(path: Path) -> Path:
     return path.with_name(f"{path.name}.gz")
 
 
+def _order_record(table: TableInfo) -> list[dict]:
+    """The table's total order, for the manifest: the restore proof reads rows back in it."""
+    return [{"column": c.name, "collatable": c.collatable} for c in table.order]
+
+
 def _assemble(reads: list[_Read], staging: Path, counted: dict[int, int]) -> _Exported:
     """One table's file from its reads: the first part's hash goes on over a window's later
     parts, so size and SHA-256 are those of the file in the archive (one header, the rows of
@@ -220,12 +225,11 @@ def _assemble(reads: list[_Read], staging: Path, counted: dict[int, int]) -> _Ex
                  "rows": rows, "rows_in_window": in_window,
                  "rows_referenced_before_window": rows - in_window,
                  "timestamp_column": item.timestamp_column, "columns": list(table.columns),
-                 "partitioned": table.partitioned,
-                 "older_rows_order": [{"column": c.name, "collatable": c.collatable}
-                                      for c in item.older_rows_order]}
+                 "partitioned": table.partitioned, "order": _order_record(table)}
     else:
         entry = {"table": item.qualified, "kind": "critical", "path": path,
-                 "rows": rows, "columns": list(item.columns), "partitioned": item.partitioned}
+                 "rows": rows, "columns": list(item.columns), "partitioned": item.partitioned,
+                 "order": _order_record(item)}
     exported = _Exported(entry, _file_record(path, result), staged, result.sha256, result.size,
                          sum(r.seconds for r in reads))
     if any(r.end_marker_line for r in reads):
@@ -322,6 +326,7 @@ def build_database_export(settings: Settings) -> dg.AssetsDefinition:
             pre = snap.pg_dump(staging / layout.SCHEMA_PRE_DATA, "--section=pre-data")
             seq = _write_sequences(snap, staging / layout.SEQUENCES)
             roles = needed_roles(snap.connection)
+            locale = database_locale(snap.connection)
             roles_file = _write_text(staging / layout.ROLES,
                                      create_missing_roles_sql(roles))
             post = snap.pg_dump(staging / layout.SCHEMA_POST_DATA, "--section=post-data")
@@ -355,6 +360,7 @@ def build_database_export(settings: Settings) -> dg.AssetsDefinition:
                 "window": {"months": settings.transaction_months, "cutoff": cutoff.isoformat()},
                 "tables": tables,
                 "roles": [role.to_json() for role in roles],
+                "database_locale": locale,
                 "not_valid_constraints": plan.not_valid_constraints,
                 "files": files,
                 # How the archive assembles each table's file from the staged pieces.

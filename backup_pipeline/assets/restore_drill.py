@@ -51,7 +51,7 @@ def restore_drill(context: dg.AssetExecutionContext, storage: BackupStorage,
     started = time.monotonic()
     record = {"archive": archive.name, "ok": False, "rows": 0}
     try:
-        drill.recreate(dsn)
+        drill.drop(dsn)
         report = restore_archive(archive, dsn, progress=context.log.info)
         record.update(ok=report.ok, rows=sum(t.restored for t in report.tables))
     except Exception as error:

@@ -45,6 +45,7 @@ def restore_proof(context: dg.AssetExecutionContext, postgres: PostgresResource,
     return dg.MaterializeResult(metadata={
         "archive": archive.name,
         "proof_seconds": dg.MetadataValue.float(result.seconds),
+        "phase_seconds": dg.MetadataValue.json(result.report.phases),
         "target": result.target,
         "tables": len(result.report.tables),
         "rows": result.rows,

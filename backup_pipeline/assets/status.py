@@ -40,7 +40,8 @@ def build_backup_status(settings: Settings) -> dg.AssetsDefinition:
                 raise RuntimeError("backup_status follows the restore_proof of the same run: "
                                    "run backup_job")
             proof = ProofRecord(seconds=proven.metadata["proof_seconds"].value,
-                                target=proven.metadata["target"].value)
+                                target=proven.metadata["target"].value,
+                                phases=proven.metadata["phase_seconds"].value)
         metadata = materialization.metadata
         archive = Path(metadata["path"].value)
         with storage.locked():

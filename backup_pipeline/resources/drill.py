@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dagster as dg
-import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 
 from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.restore import drop_database
 
 
 class RestoreDrillTarget(dg.ConfigurableResource):
@@ -34,11 +33,7 @@ class RestoreDrillTarget(dg.ConfigurableResource):
         return self.dsn
 
     @staticmethod
-    def recreate(dsn: str) -> None:
-        """Drop and create the scratch database, from the server's maintenance database."""
-        name = conninfo_to_dict(dsn)["dbname"]
-        with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True,
-                             connect_timeout=10) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    def drop(dsn: str) -> None:
+        """Drop the scratch database: the restore creates it again, with the archive's own
+        encoding and collation."""
+        drop_database(dsn)

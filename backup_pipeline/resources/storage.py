@@ -36,6 +36,7 @@ class ProofRecord:
 
     seconds: float
     target: str
+    phases: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -206,8 +207,8 @@ class BackupStorage(dg.ConfigurableResource):
                     "finished_at": datetime.fromtimestamp(finished, UTC).isoformat(),
                     "verified": True,
                     # null: BACKUP_RESTORE_PROOF=off, the archive was not restored.
-                    "restore_proof": ({"seconds": proof.seconds, "target": proof.target}
-                                      if proof else None),
+                    "restore_proof": ({"seconds": proof.seconds, "target": proof.target,
+                                       "phases": proof.phases} if proof else None),
                 },
                 indent=2,
             )
