@@ -99,7 +99,7 @@ def _status(args: argparse.Namespace) -> int:
               + (f" ({rate['percent']} %)" if rate["percent"] is not None else ""))
     proof = status.last_restore_proof
     print("restore proof     " + (
-        f"restored and compared in {proof['seconds']:.0f} s into {proof['target']} (measured "
+        f"restored and compared in {proof['seconds']:.1f} s into {proof['target']} (measured "
         f"recovery time of the last good backup)" if proof
         else "none: the last good backup was not restored (BACKUP_RESTORE_PROOF=off or older)"
         if status.last_success_at else "never"))

@@ -21,7 +21,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -209,6 +210,19 @@ def ensure_database(dsn: str, progress: Progress, locale: dict | None = None) ->
             f"Create it (CREATE DATABASE), or restore as a user with CREATEDB."
         ) from None
     return note
+
+
+@contextmanager
+def scratch_database_lock(dsn: str) -> Iterator[None]:
+    """Held while a scratch database (the drill's, the proof's) is dropped, restored and
+    compared: two runs at once (the schedule and one by hand) take turns instead of dropping
+    the database under each other. A session advisory lock on the server, freed however the
+    holder ends."""
+    name = conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True,
+                         connect_timeout=10) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"backup_pipeline:{name}",))
+        yield
 
 
 def drop_database(dsn: str) -> None:

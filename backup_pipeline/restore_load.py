@@ -134,7 +134,7 @@ def load_archive(conn: psycopg.Connection, workdir: Path, manifest: dict, *, rol
     if replace:
         conn.execute(replace)
     if roles:
-        step("roles the schema names (created only where missing)")
+        step("roles named in the schema (created only where missing)")
         conn.execute(create_missing_roles_sql(roles))
     step("schema: tables, types, functions, sequences"
          + ("" if no_owner else ", owners and privileges"))

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+
 from backup_pipeline import layout
 from backup_pipeline.restore import (
     RestoreError,
@@ -28,8 +30,9 @@ from backup_pipeline.restore import (
     describe_target,
     drop_database,
     restore_archive,
+    scratch_database_lock,
 )
-from backup_pipeline.throwaway_pg import ClusterError, LocalCluster, start_cluster, sweep_leftovers
+from backup_pipeline.throwaway_pg import ClusterError, start_cluster, sweep_leftovers
 
 PROOF_PREFIX = "backup_pipeline_proof_"
 PROOF_DATABASE = "restore_proof"
@@ -64,7 +67,7 @@ class ProofResult:
 
     def summary(self) -> str:
         note = f"; {self.report.locale_note}" if self.report.locale_note else ""
-        return (f"restored and compared in {self.seconds:.0f} s ({len(self.report.tables)} "
+        return (f"restored and compared in {self.seconds:.1f} s ({len(self.report.tables)} "
                 f"tables, {self.rows} rows, into {self.target}{note})")
 
 
@@ -100,14 +103,13 @@ def prove_archive(archive: Path, manifest: dict, *, scratch_dsn: str | None = No
     """Restore `archive` into a throwaway server (or `scratch_dsn`, dropped first) with
     `restore_archive`, compare it, and raise RestoreProofError naming what did not hold."""
     started = time.monotonic()
-    cluster: LocalCluster | None = None
-    server_seconds = 0.0
+    _check_room(manifest, with_server=not scratch_dsn)
     try:
-        _check_room(manifest, with_server=not scratch_dsn)
         if scratch_dsn:
-            drop_database(scratch_dsn)
-            dsn, target = scratch_dsn, f"the scratch database BACKUP_DRILL_DSN " \
-                                       f"({describe_target(scratch_dsn)})"
+            with scratch_database_lock(scratch_dsn):
+                drop_database(scratch_dsn)
+                target = f"the scratch database BACKUP_DRILL_DSN ({describe_target(scratch_dsn)})"
+                report = _restore(archive, scratch_dsn, target, progress)
         else:
             for leftover in sweep_leftovers(PROOF_PREFIX):
                 progress(f"removed the throwaway server a killed run left in {leftover}")
@@ -115,24 +117,34 @@ def prove_archive(archive: Path, manifest: dict, *, scratch_dsn: str | None = No
             starting = time.monotonic()
             cluster = start_cluster(settings=PROOF_SERVER_SETTINGS, major=major,
                                     die_with_parent=True, prefix=PROOF_PREFIX)
-            server_seconds = round(time.monotonic() - starting, 2)
-            dsn = cluster.dsn(PROOF_DATABASE)
-            target = f"a throwaway PostgreSQL {major} server"
-        progress(f"restore proof: restoring {archive.name} into {target}")
-        report = restore_archive(archive, dsn, progress=progress)
+            try:
+                server_seconds = round(time.monotonic() - starting, 2)
+                target = f"a throwaway PostgreSQL {cluster.major or major} server"
+                report = _restore(archive, cluster.dsn(PROOF_DATABASE), target, progress)
+                report.phases["server_start"] = server_seconds
+            finally:
+                cluster.stop()
+    except psycopg.Error as error:
+        where = (f"the scratch database BACKUP_DRILL_DSN ({describe_target(scratch_dsn)}): check "
+                 f"that its server is up and its user may drop and create databases"
+                 if scratch_dsn else "its throwaway server")
+        raise RestoreProofError(
+            f"the restore proof of {archive.name} failed talking to {where}. "
+            f"{str(error).strip()}") from None
     except ClusterError as error:
         raise RestoreProofError(
             f"the restore proof could not start its throwaway PostgreSQL: {error}. Install the "
             f"server programs, set BACKUP_DRILL_DSN to a scratch database, or (knowing that the "
             f"archives are then not proven) BACKUP_RESTORE_PROOF=off.") from None
-    except RestoreError as error:
-        raise RestoreProofError(
-            f"{archive.name} did not restore: {error}") from None
-    finally:
-        if cluster is not None:
-            cluster.stop()
     if not report.ok:
         raise RestoreProofError(
             f"{archive.name} restored, but not to what it holds: " + "; ".join(report.problems))
-    report.phases["server_start"] = server_seconds
     return ProofResult(archive.name, target, round(time.monotonic() - started, 2), report)
+
+
+def _restore(archive: Path, dsn: str, target: str, progress: Progress) -> RestoreReport:
+    progress(f"restore proof: restoring {archive.name} into {target}")
+    try:
+        return restore_archive(archive, dsn, progress=progress)
+    except RestoreError as error:
+        raise RestoreProofError(f"{archive.name} did not restore: {error}") from None

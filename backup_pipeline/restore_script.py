@@ -31,7 +31,7 @@ def checked_path(table: dict, key: str = "path") -> str:
 
 
 def restore_script(tables: list[dict], *, roles: bool = True) -> str:
-    """Everything, in an order that works: the roles the schema names (created only where
+    """Everything, in an order that works: the roles named in the schema (created only where
     missing), the schema, the data, then sequence positions, indexes and constraints."""
     steps = 5 if roles else 4
     step = iter(range(1, steps + 1))
@@ -42,7 +42,7 @@ def restore_script(tables: list[dict], *, roles: bool = True) -> str:
         "\\set ON_ERROR_STOP on",
     ]
     if roles:
-        lines += [f"\\echo '{next(step)}/{steps} roles the schema names (created only where "
+        lines += [f"\\echo '{next(step)}/{steps} roles named in the schema (created only where "
                   "missing)'", f"\\ir {Path(layout.ROLES).name}"]
     lines += [f"\\echo '{next(step)}/{steps} schema: tables, types, functions, sequences'",
               f"\\ir {Path(layout.SCHEMA_PRE_DATA).name}",

@@ -149,6 +149,11 @@ class LocalCluster:
     def data_dir(self) -> Path:
         return self.base / DATA_DIR
 
+    @property
+    def major(self) -> int | None:
+        """The server's major version (the one asked for, or a newer one)."""
+        return _server_major(self.bindir)
+
     def dsn(self, dbname: str = "postgres") -> str:
         return (f"host={self.host} port={self.port} user={self.user} "
                 f"password={self.password} dbname={dbname}")

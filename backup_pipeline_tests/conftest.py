@@ -113,9 +113,21 @@ def write_config_dir(path: Path) -> Path:
 
 
 @pytest.fixture
-def backup_env(tmp_path: Path, server: Server, source_db: str,
+def proof_db(server: Server) -> Iterator[str]:
+    """The scratch database the restore proof of `backup_env`'s runs restores into."""
+    name = f"bp_proof_{uuid.uuid4().hex[:10]}"
+    yield name
+    drop_database(server, name)
+
+
+@pytest.fixture
+def backup_env(tmp_path: Path, server: Server, source_db: str, proof_db: str,
                monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The environment of a backup of `source_db`, also set in os.environ for dg.EnvVar."""
+    """The environment of a backup of `source_db`, also set in os.environ for dg.EnvVar.
+
+    Its restore proof goes to a scratch database of the suite's server (BACKUP_DRILL_DSN, a
+    setting deployments use too), which spares each run a server of its own; the tests of
+    the throwaway server take `throwaway_proof` instead."""
     env = {
         **server.env(source_db),
         "BACKUP_DIR": str(tmp_path / "backups"),
@@ -125,10 +137,19 @@ def backup_env(tmp_path: Path, server: Server, source_db: str,
         "BACKUP_LOCK_TIMEOUT_SECONDS": "5",
         "ADMIN_EMAILS": "admin1@example.com,admin2@example.com",
         "BACKUP_EMAIL_RETRY_BASE_SECONDS": "0.05",
+        "BACKUP_DRILL_DSN": server.dsn(proof_db),
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+@pytest.fixture
+def throwaway_proof(backup_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+                    ) -> dict[str, str]:
+    """`backup_env` as a deployment has it by default: the proof starts its own server."""
+    monkeypatch.delenv("BACKUP_DRILL_DSN")
+    return {k: v for k, v in backup_env.items() if k != "BACKUP_DRILL_DSN"}
 
 
 @pytest.fixture

@@ -31,7 +31,8 @@ def _window_rows(dsn: str, table: str, cutoff: str) -> list[str]:
     return rows(dsn, table, f"created_at >= '{cutoff}'")
 
 
-def test_full_run_makes_a_verified_private_archive(backup_env, server, source_db, instance):
+def test_full_run_makes_a_verified_private_archive(throwaway_proof, server, source_db, instance):
+    backup_env = throwaway_proof
     result = run_backup(backup_env, instance)
     assert result.success
 

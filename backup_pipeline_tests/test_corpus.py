@@ -97,15 +97,16 @@ def test_pagila_is_proven_restored_and_compared(pagila, server, instance, scratc
     restore_cli(archive, server.dsn(scratch_db))
     assert_restored(source, server.dsn(scratch_db), cutoff)
 
-    plain = new_database(server)
-    drop_database(server, plain)  # the procedure creates it
+    # BACKUP_INFO.txt's procedure, literally, onto a new server that lacks Pagila's roles.
+    cluster = start_cluster()
     try:
-        done = follow_restore_procedure(archive, tmp_path / "plain", pagila, plain,
-                                        tmp_path / "project")
+        done = follow_restore_procedure(archive, tmp_path / "plain", cluster.env("postgres"),
+                                        "pagila", tmp_path / "project")
         assert done.returncode == 0, done.stderr
-        assert_restored(source, server.dsn(plain), cutoff)
+        assert "created role pagila_app" in done.stderr  # psql's NOTICE
+        assert_restored(source, cluster.dsn("pagila"), cutoff)
     finally:
-        drop_database(server, plain)
+        cluster.stop()
 
 
 def test_pagila_onto_a_new_server_without_its_roles(pagila, server, instance):
@@ -164,3 +165,38 @@ def test_pagila_loads_as_its_readme_says(server, pagila_template):
         on_parent = conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f' "
                                  "AND conrelid = 'payment'::regclass").fetchone()[0]
     assert on_partitions >= 18 and on_parent == 0
+
+
+def test_pagila_by_a_user_who_may_not_create_roles(pagila, instance):
+    """Refused up front, naming the roles and the fix; with --no-owner everything restores as
+    that user's own, without the archive's grants."""
+    assert run_backup(pagila, instance).success
+    [archive] = archives(pagila["BACKUP_DIR"])
+    cluster = start_cluster()
+    try:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE ROLE restorer LOGIN CREATEDB PASSWORD 'restorer-pw'")
+        target = cluster.dsn("pagila").replace(f"user={cluster.user}", "user=restorer") \
+            .replace(f"password={cluster.password}", "password=restorer-pw")
+        refused = subprocess.run([BACKUP_PIPELINE, "restore", str(archive), "--target", target],
+                                 capture_output=True, text=True, timeout=600)
+        assert refused.returncode == 2
+        assert "pagila_app" in refused.stderr and "may not create roles" in refused.stderr
+        assert "--no-owner" in refused.stderr and "Nothing was changed" in refused.stderr
+        assert scalar(cluster.dsn("pagila"), "SELECT count(*) FROM pg_tables "
+                                             "WHERE schemaname = 'public'") == 0
+
+        done = subprocess.run([BACKUP_PIPELINE, "restore", str(archive), "--target", target,
+                               "--no-owner"], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr + done.stdout
+        assert "byte for byte" in done.stdout and "creating role" not in done.stdout
+        restored = cluster.dsn("pagila")
+        assert scalar(restored, "SELECT count(*) FROM pg_roles WHERE rolname ^@ 'pagila'") == 0
+        assert scalar(restored, "SELECT count(DISTINCT tableowner) FROM pg_tables "
+                                "WHERE schemaname = 'public'") == 1
+        assert scalar(restored, "SELECT tableowner FROM pg_tables WHERE tablename = 'rental'") \
+            == "restorer"
+        assert scalar(restored, "SELECT count(*) FROM pg_class WHERE relacl IS NOT NULL "
+                                "AND relnamespace = 'public'::regnamespace") == 0
+    finally:
+        cluster.stop()

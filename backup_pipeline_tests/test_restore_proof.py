@@ -29,9 +29,10 @@ def _outbox(env: dict[str, str]) -> list:
             for p in sorted(folder.glob("*.eml"))]
 
 
-def test_an_archive_that_does_not_restore_fails_its_run(backup_env, instance, monkeypatch):
+def test_an_archive_that_does_not_restore_fails_its_run(throwaway_proof, instance, monkeypatch):
     """Simulated: the export misses the older rows that recent rows reference (the bug Pagila's
     partition keys caused). Every checksum holds; only a restore shows it."""
+    backup_env = throwaway_proof
     monkeypatch.setattr(ExportPlan, "_older_rows", lambda *args, **kwargs: None)
     result = run_backup(backup_env, instance)
     assert not result.success
@@ -91,7 +92,8 @@ def test_without_the_proof_nothing_pretends(backup_env, instance, monkeypatch):
         ("plain",)).get_content()
 
 
-def test_a_proven_run_says_so_in_the_email_and_status(backup_env, instance):
+def test_a_proven_run_says_so_in_the_email_and_status(throwaway_proof, instance):
+    backup_env = throwaway_proof
     assert run_backup(backup_env, instance).success
     proof = json.loads((Path(backup_env["BACKUP_DIR"]) / layout.LAST_BACKUP_FILE).read_text()
                        )["restore_proof"]
@@ -147,8 +149,9 @@ def _kill_during_the_proof(env: dict[str, str], home: Path) -> Path | None:
             run.wait()
 
 
-def test_a_killed_run_leaves_no_server_and_the_next_run_cleans_up(backup_env, instance,
+def test_a_killed_run_leaves_no_server_and_the_next_run_cleans_up(throwaway_proof, instance,
                                                                    tmp_path):
+    backup_env = throwaway_proof
     for attempt in range(3):
         home = tmp_path / f"home{attempt}"
         home.mkdir()

@@ -18,7 +18,7 @@ from backup_pipeline.assets.archive import ARCHIVE_KEY
 from backup_pipeline.resources.drill import RestoreDrillTarget
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.resources.storage import BackupStorage, write_atomically
-from backup_pipeline.restore import describe_target, restore_archive
+from backup_pipeline.restore import describe_target, restore_archive, scratch_database_lock
 
 
 def newest_good_archive(storage: BackupStorage) -> Path:
@@ -51,8 +51,9 @@ def restore_drill(context: dg.AssetExecutionContext, storage: BackupStorage,
     started = time.monotonic()
     record = {"archive": archive.name, "ok": False, "rows": 0}
     try:
-        drill.drop(dsn)
-        report = restore_archive(archive, dsn, progress=context.log.info)
+        with scratch_database_lock(dsn):  # a backup's restore proof may use it too
+            drill.drop(dsn)
+            report = restore_archive(archive, dsn, progress=context.log.info)
         record.update(ok=report.ok, rows=sum(t.restored for t in report.tables))
     except Exception as error:
         record["error"] = str(error)

@@ -53,7 +53,7 @@ def build_backup_status(settings: Settings) -> dg.AssetsDefinition:
         return dg.MaterializeResult(
             metadata={
                 "archive": archive.name,
-                "restore_proof": (f"restored and compared in {proof.seconds:.0f} s" if proof
+                "restore_proof": (f"restored and compared in {proof.seconds:.1f} s" if proof
                                   else "off (BACKUP_RESTORE_PROOF=off): not proven"),
                 "archives_kept": len(retention.kept),
                 "deleted": dg.MetadataValue.json(retention.deleted),

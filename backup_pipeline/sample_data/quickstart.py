@@ -7,6 +7,7 @@ variables pointing at all of it. Everything lives under one folder (`.demo/` by 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -87,6 +88,10 @@ def run_quickstart(workdir: Path, scale: float, keep_server: bool) -> int:
         archive = found[-1]
         report = verify_archive(archive)
         print(f"4/4 verified: {report.summary()}")
+        proof = json.loads((workdir / "backups" / layout.LAST_BACKUP_FILE).read_text()
+                           )["restore_proof"]
+        print(f"    restore proof: restored into {proof['target']} and compared with the "
+              f"archive, table by table, in {proof['seconds']:.1f} s")
         print(f"\nArchive:  {archive} ({archive.stat().st_size / 1024 / 1024:.2f} MB)")
         print(f"Run log:  {log}")
         outbox = workdir / "backups" / "outbox"
