@@ -109,6 +109,9 @@ class RestoreReport:
                          else "content NOT the archive's: " + "; ".join(
                              f"{t.table}: {t.content_problem}" for t in self.tables
                              if t.content_problem))
+        elif self.phases.get("compare") is not None:
+            lines.append("content not compared, only row counts: the archive was made before "
+                         "archives carried what that needs (manifest format 1)")
         if self.invalid_constraints:
             lines.append("constraints NOT valid: " + ", ".join(self.invalid_constraints))
         else:

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from backup_pipeline.data_files import sql_data_header, sql_data_trailer
-from backup_pipeline.export_plan import OrderColumn, TableShape
+from backup_pipeline.export_plan import OrderColumn, TableShape, not_valid_constraints
 from backup_pipeline.pg import HashingWriter, find_pg_binary, psql_copy_out, reader_env
 
 # The restored side is read by sequential scans only (the order the rows were loaded in) and
@@ -106,21 +106,11 @@ def compare_content(dsn: str, env: dict[str, str], manifest: dict, settings: dic
     return results
 
 
-_INVALID_CONSTRAINTS_QUERY = """
-SELECT format('%I.%I.%I', n.nspname, c.relname, con.conname)
-FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE NOT con.convalidated AND con.contype IN ('c', 'f')
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-ORDER BY 1
-"""
-
-
 def invalid_constraints(conn: psycopg.Connection, not_valid_in_source: list[str]) -> list[str]:
     """Check and foreign-key constraints PostgreSQL does not hold valid, but for those the
     source database itself held NOT VALID (they are restored as they were)."""
     allowed = set(not_valid_in_source)
-    return [row[0] for row in conn.execute(_INVALID_CONSTRAINTS_QUERY) if row[0] not in allowed]
+    return [name for name in not_valid_constraints(conn) if name not in allowed]
 
 
 # Sequences that feed a column: its default calls nextval() on them, or it is an identity

@@ -112,6 +112,18 @@ def write_config_dir(path: Path) -> Path:
     return path
 
 
+def schema_env(server: Server, dbname: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+               **settings: str) -> dict[str, str]:
+    """The environment of a backup of a database of another schema than the sample's (its
+    table lists in `settings`), also set in os.environ for dg.EnvVar."""
+    env = {**server.env(dbname), "BACKUP_DIR": str(tmp_path / "backups"),
+           "BACKUP_CONFIG_DIR": str(write_config_dir(tmp_path / "config")),
+           "BACKUP_MIN_SIZE_MB": "0", "ADMIN_EMAILS": "admin@example.com", **settings}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
 @pytest.fixture
 def proof_db(server: Server) -> Iterator[str]:
     """The scratch database the restore proof of `backup_env`'s runs restores into."""

@@ -15,7 +15,7 @@ from psycopg import sql
 
 from backup_pipeline.throwaway_pg import start_cluster
 from backup_pipeline_tests.adversarial import ADVERSARIAL_ENV, EXPECTED, load_adversarial
-from backup_pipeline_tests.conftest import drop_database, new_database, write_config_dir
+from backup_pipeline_tests.conftest import drop_database, new_database, schema_env
 from backup_pipeline_tests.helpers import (
     BACKUP_PIPELINE,
     REPO,
@@ -54,14 +54,8 @@ def adversarial_template(server):
 @pytest.fixture
 def adversarial(server, adversarial_template, tmp_path, monkeypatch):
     name = new_database(server, adversarial_template)
-    env = {**server.env(name), **ADVERSARIAL_ENV,
-           "POSTGRES_USER": BACKUP_ROLE, "POSTGRES_PASSWORD": BACKUP_PASSWORD,
-           "BACKUP_DIR": str(tmp_path / "backups"),
-           "BACKUP_CONFIG_DIR": str(write_config_dir(tmp_path / "config")),
-           "BACKUP_MIN_SIZE_MB": "0", "ADMIN_EMAILS": "admin@example.com"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    yield env
+    yield schema_env(server, name, tmp_path, monkeypatch, **ADVERSARIAL_ENV,
+                     POSTGRES_USER=BACKUP_ROLE, POSTGRES_PASSWORD=BACKUP_PASSWORD)
     drop_database(server, name)
 
 

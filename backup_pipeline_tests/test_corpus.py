@@ -14,7 +14,7 @@ import pytest
 
 from backup_pipeline import layout
 from backup_pipeline.throwaway_pg import start_cluster
-from backup_pipeline_tests.conftest import drop_database, new_database, write_config_dir
+from backup_pipeline_tests.conftest import drop_database, new_database, schema_env
 from backup_pipeline_tests.corpus import WHOLE, WINDOWED, load_pagila, pagila_env
 from backup_pipeline_tests.helpers import (
     BACKUP_PIPELINE,
@@ -40,13 +40,7 @@ def pagila_template(server):
 def pagila(server, pagila_template, tmp_path, monkeypatch):
     """A fresh copy of the arranged Pagila and the environment of its backup."""
     name = new_database(server, pagila_template)
-    env = {**server.env(name), **pagila_env(),
-           "BACKUP_DIR": str(tmp_path / "backups"),
-           "BACKUP_CONFIG_DIR": str(write_config_dir(tmp_path / "config")),
-           "BACKUP_MIN_SIZE_MB": "0", "ADMIN_EMAILS": "admin@example.com"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    yield env
+    yield schema_env(server, name, tmp_path, monkeypatch, **pagila_env())
     drop_database(server, name)
 
 

@@ -271,3 +271,20 @@ def test_a_long_chain_of_older_rows_restores(backup_env, server, source_db, scra
     assert done.returncode == 0, done.stderr[-2000:]
     restored = server.dsn(scratch_db)
     assert scalar(restored, "SELECT count(*) FROM purchases WHERE metadata ? 'chain'") == 7
+
+
+# Made by backup_job at commit 8db61ea (manifest format 1: schema without owners, no roles,
+# no total orders), from the sample data at scale 0.1, with no config files.
+FORMAT_1_ARCHIVE = Path(__file__).parent / "fixtures" / "critical_backup_20261201_214833.tar.gz"
+
+
+def test_an_archive_made_before_format_2_still_restores(server, scratch_db):
+    """The 30 days of archives made before this version stay restorable by it."""
+    assert manifest(FORMAT_1_ARCHIVE)["format"] == 1
+    done = restore(FORMAT_1_ARCHIVE, server.dsn(scratch_db))
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "content not compared, only row counts" in done.stdout
+    assert "every foreign key and check constraint is valid" in done.stdout
+    counts = {t["table"]: t["rows"] for t in manifest(FORMAT_1_ARCHIVE)["tables"]}
+    assert scalar(server.dsn(scratch_db), "SELECT count(*) FROM purchases") \
+        == counts["public.purchases"]

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from backup_pipeline.restore import restore_archive
-from backup_pipeline_tests.conftest import drop_database, write_config_dir
+from backup_pipeline_tests.conftest import drop_database, schema_env
 from backup_pipeline_tests.helpers import archives, run_backup
 
 # A small windowed table for the cases that only need whole tables.
@@ -105,12 +105,8 @@ def test_the_archive_is_proven_and_restores(case, server, instance, tmp_path, mo
     try:
         with psycopg.connect(server.dsn(name), autocommit=True) as conn:
             conn.execute(schema)
-        env = {**server.env(name), **tables, "BACKUP_DIR": str(tmp_path / "backups"),
-               "BACKUP_CONFIG_DIR": str(write_config_dir(tmp_path / "config")),
-               "BACKUP_MIN_SIZE_MB": "0", "ADMIN_EMAILS": "admin@example.com",
-               "BACKUP_DRILL_DSN": server.dsn(scratch)}
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
+        env = schema_env(server, name, tmp_path, monkeypatch, **tables,
+                         BACKUP_DRILL_DSN=server.dsn(scratch))
         result = run_backup(env, instance)
         failures = [e.event_specific_data.error.to_string()[:3000]
                     for e in result.all_events if e.is_step_failure]

@@ -60,13 +60,9 @@ def _write_sequences(snapshot: Snapshot, target: Path) -> CopyResult:
             f"e.g. GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {user}."
         )
     lines = [row[0] for row in snapshot.connection.execute(_SEQUENCES_QUERY)]
-    with target.open("wb") as handle:
-        writer = HashingWriter(handle)
-        writer.write(
-            ("-- backup_pipeline: sequence positions, so new rows get fresh ids\n"
-             + "".join(f"{line}\n" for line in lines)).encode()
-        )
-    return CopyResult(rows=len(lines), size=writer.size, sha256=writer.sha256)
+    written = _write_text(target, "-- backup_pipeline: sequence positions, so new rows get "
+                                  "fresh ids\n" + "".join(f"{line}\n" for line in lines))
+    return CopyResult(rows=len(lines), size=written.size, sha256=written.sha256)
 
 
 def _write_text(target: Path, text: str) -> CopyResult:
