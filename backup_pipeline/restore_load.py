@@ -33,6 +33,9 @@ from backup_pipeline.roles import Role, create_missing_roles_sql
 Progress = Callable[[str], None]
 
 _PG_DUMP_META = re.compile(r"^\\(restrict|unrestrict) [A-Za-z0-9]+\s*$")
+# pg_dump's schema sections never hold COPY; in a crafted archive, COPY ... PROGRAM would run a
+# program on the database server.
+_COPY = re.compile(r"^\s*COPY\b", re.IGNORECASE)
 _SETVAL = re.compile(r"^SELECT pg_catalog\.setval\(E?'(?:[^'\\]|''|\\.)*', -?\d+, "
                      r"(?:true|false)\);$")
 
@@ -65,6 +68,10 @@ def _run_sql_file(conn: psycopg.Connection, workdir: Path, name: str, *, no_owne
                             f"{str(error).strip()} (statement: {statement.text[:200]})") from None
         count += 1
     return count
+
+
+def _schema_sql(text: str) -> bool:
+    return not _COPY.match(text)
 
 
 def _stream(copy: psycopg.Copy, path: Path, start: int, length: int) -> None:
@@ -138,7 +145,7 @@ def load_archive(conn: psycopg.Connection, workdir: Path, manifest: dict, *, rol
         conn.execute(create_missing_roles_sql(roles))
     step("schema: tables, types, functions, sequences"
          + ("" if no_owner else ", owners and privileges"))
-    _run_sql_file(conn, workdir, layout.SCHEMA_PRE_DATA, no_owner=no_owner)
+    _run_sql_file(conn, workdir, layout.SCHEMA_PRE_DATA, no_owner=no_owner, allowed=_schema_sql)
     for kind, title in (("critical", "critical tables"), ("transactions", "transactions")):
         step(title)
         for entry in manifest["tables"]:
@@ -148,5 +155,5 @@ def load_archive(conn: psycopg.Connection, workdir: Path, manifest: dict, *, rol
     step("sequence positions, indexes, constraints and foreign keys")
     _run_sql_file(conn, workdir, layout.SEQUENCES, no_owner=no_owner,
                   allowed=lambda text: text.startswith("SET ") or bool(_SETVAL.match(text)))
-    _run_sql_file(conn, workdir, layout.SCHEMA_POST_DATA, no_owner=no_owner)
+    _run_sql_file(conn, workdir, layout.SCHEMA_POST_DATA, no_owner=no_owner, allowed=_schema_sql)
     step("restore complete")

@@ -288,3 +288,32 @@ def test_an_archive_made_before_format_2_still_restores(server, scratch_db):
     counts = {t["table"]: t["rows"] for t in manifest(FORMAT_1_ARCHIVE)["tables"]}
     assert scalar(server.dsn(scratch_db), "SELECT count(*) FROM purchases") \
         == counts["public.purchases"]
+
+
+def test_a_crafted_archive_runs_nothing_it_holds(archive, server, scratch_db, tmp_path):
+    """Checksums recomputed, so it verifies: a shell command in the archive's own restore
+    script is never run (restore builds its own load), and a COPY ... PROGRAM or a psql
+    meta-command in the schema is refused, naming the file and line."""
+    witness = tmp_path / "ran"
+
+    def shell_in_script(name, data):
+        if name == layout.RESTORE_SCRIPT:
+            return data + f"\\! touch {witness}\n".encode()
+        return data
+
+    quiet = repack(archive, tmp_path / "script.tar.gz", shell_in_script)
+    done = restore(quiet, server.dsn(scratch_db))
+    assert done.returncode == 0, done.stderr
+    assert not witness.exists()
+
+    for bad in (f"COPY (SELECT 1) TO PROGRAM 'touch {witness}';",
+                f"\\! touch {witness}"):
+        def in_schema(name, data, bad=bad):
+            return data + f"\n{bad}\n".encode() if name == layout.SCHEMA_PRE_DATA else data
+
+        crafted = repack(archive, tmp_path / "schema.tar.gz", in_schema)
+        refused = restore(crafted, server.dsn(scratch_db), "--force")
+        assert refused.returncode == 2, refused.stdout
+        assert "_schema_pre_data.sql line" in refused.stderr
+        assert "do not use this archive" in refused.stderr.lower()
+        assert not witness.exists()

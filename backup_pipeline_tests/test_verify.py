@@ -47,11 +47,19 @@ def test_truncated_archive_fails(archive, tmp_path):
 
 
 def test_flipped_byte_fails_the_gzip_check(archive, tmp_path):
-    data = bytearray(archive.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    damaged = tmp_path / "damaged.tar.gz"
-    damaged.write_bytes(bytes(data))
-    assert not verify_archive(damaged).ok
+    """A byte that matters: inside the first member's compressed data (after its 10-byte
+    header, well before its end), and in the last member's CRC. (A byte in the middle of the
+    file may land in a member header's MTIME, XFL or OS field, which carries no data: the content
+    is intact there and verification rightly says OK.)"""
+    original = archive.read_bytes()
+    for offset in (20, len(original) - 8):
+        data = bytearray(original)
+        data[offset] ^= 0xFF
+        damaged = tmp_path / f"damaged_{offset}.tar.gz"
+        damaged.write_bytes(bytes(data))
+        report = verify_archive(damaged)
+        assert not report.ok, offset
+        assert report.problems_of("integrity"), (offset, report.problems)
 
 
 def test_tampered_file_fails_its_checksum(archive, tmp_path):
