@@ -22,6 +22,14 @@ def test_defaults_are_the_seeds():
     assert (settings.schedule, settings.timezone) == ("0 2 * * *", "UTC")
 
 
+def test_a_long_window_and_the_restore_proof_parse():
+    """A window of decades (Pagila's 2007 payments), and the proof on unless turned off."""
+    assert load_settings({"BACKUP_TRANSACTION_MONTHS": "235"}).transaction_months == 235
+    assert load_settings({}).restore_proof is True
+    assert load_settings({"BACKUP_RESTORE_PROOF": "OFF"}).restore_proof is False
+    assert load_settings({"BACKUP_RESTORE_PROOF": "always"}).restore_proof is True
+
+
 def test_lists_and_timestamp_columns_parse():
     settings = load_settings({
         "BACKUP_TABLES": " users , billing.accounts ",
@@ -36,7 +44,10 @@ def test_lists_and_timestamp_columns_parse():
 
 @pytest.mark.parametrize(("env", "expected"), [
     ({"BACKUP_TRANSACTION_MONTHS": "three"},
-     "BACKUP_TRANSACTION_MONTHS='three' is not valid: expected a whole number from 1 to 120"),
+     "BACKUP_TRANSACTION_MONTHS='three' is not valid: expected a whole number from 1 to 12000 ("),
+    ({"BACKUP_TRANSACTION_MONTHS": "12001"}, "BACKUP_TRANSACTION_MONTHS='12001' is not valid"),
+    ({"BACKUP_RESTORE_PROOF": "sometimes"},
+     "BACKUP_RESTORE_PROOF='sometimes' is not valid: use always"),
     ({"BACKUP_TRANSACTION_MONTHS": "0"}, "BACKUP_TRANSACTION_MONTHS='0' is not valid"),
     ({"BACKUP_RETENTION_DAYS": "-1"}, "BACKUP_RETENTION_DAYS='-1' is not valid"),
     ({"POSTGRES_PORT": "70000"}, "POSTGRES_PORT='70000' is not valid: expected a whole number "
