@@ -342,7 +342,7 @@ def compare_restored(dsn: str, manifest: dict, report: RestoreReport) -> None:
         report.invalid_constraints = invalid_constraints(
             conn, manifest.get("not_valid_constraints", []))
         report.sequences_behind = sequences_behind(conn)
-    content = {r.table: r for r in compare_content(dsn, _libpq_env(dsn), manifest,
+    content = {r.table: r for r in compare_content(_libpq_env(dsn), manifest,
                                                    reader_settings(60))}
     report.content_compared = any(r.rows >= 0 for r in content.values())
     for table in report.tables:

@@ -14,6 +14,8 @@ every sequence must hand out a value past the rows its column already has.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -67,43 +69,47 @@ def _read_back(entry: dict, cutoff: datetime, run) -> tuple[int, HashingWriter]:
     return rows, writer
 
 
-def compare_content(dsn: str, env: dict[str, str], manifest: dict, settings: dict[str, str]
-                    ) -> list[ContentResult]:
-    """Each table of the manifest read back from `dsn` against its file's size and SHA-256.
+# Tables are read back by this many psql sessions at once: the restored server's CPU is what
+# they share (as the export's readers do).
+READ_BACK_WORKERS = max(2, min(4, os.cpu_count() or 1))
 
-    `env` is psql's environment for the target (password in PGPASSWORD), `settings` the export's
-    reader settings. Archives made before format 2 lack what the read-back needs: their tables
-    get no digest comparison (the row counts are still compared).
+
+def compare_content(env: dict[str, str], manifest: dict, settings: dict[str, str]
+                    ) -> list[ContentResult]:
+    """Each table of the manifest read back (through psql, with `env`: the target and its
+    password in PGPASSWORD) against its file's size and SHA-256, several tables at once.
+
+    `settings` are the export's reader settings. Archives made before format 2 lack what the
+    read-back needs: their tables get no digest comparison (the row counts are still compared).
     """
     files = {f["path"]: f for f in manifest["files"]}
     cutoff = datetime.fromisoformat(manifest["window"]["cutoff"])
     psql = find_pg_binary("psql")
     session_env = {**env, **reader_env({**settings, **_READ_BACK_SETTINGS})}
-    results = []
-    with psycopg.connect(dsn) as conn:
-        def run(query: sql.Composable, writer: HashingWriter, *, csv: bool, header: bool
-                ) -> int:
-            return psql_copy_out(psql, session_env, query.as_string(conn), writer, csv=csv,
-                                 header=header, where="the restored database")
 
-        for entry in manifest["tables"]:
-            if "order" not in entry:
-                results.append(ContentResult(entry["table"], -1, None))
-                continue
-            expected = files[entry["path"]]
-            try:
-                rows, writer = _read_back(entry, cutoff, run)
-            except RuntimeError as error:
-                results.append(ContentResult(entry["table"], -1,
-                                             f"it could not be read back to compare: {error}"))
-                continue
-            problem = None
-            if (writer.size, writer.sha256) != (expected["size"], expected["sha256"]):
-                problem = (f"its content differs from {entry['path']} in the archive (read back "
-                           f"{writer.size} bytes, SHA-256 {writer.sha256[:16]}...; the archive "
-                           f"holds {expected['size']} bytes, {expected['sha256'][:16]}...)")
-            results.append(ContentResult(entry["table"], rows, problem))
-    return results
+    def run(query: sql.Composable, writer: HashingWriter, *, csv: bool, header: bool) -> int:
+        # Rendered without a connection: names and the cut-off only, safe from any thread.
+        return psql_copy_out(psql, session_env, query.as_string(None), writer, csv=csv,
+                             header=header, where="the restored database")
+
+    def compare(entry: dict) -> ContentResult:
+        if "order" not in entry:
+            return ContentResult(entry["table"], -1, None)
+        expected = files[entry["path"]]
+        try:
+            rows, writer = _read_back(entry, cutoff, run)
+        except RuntimeError as error:
+            return ContentResult(entry["table"], -1,
+                                 f"it could not be read back to compare: {error}")
+        problem = None
+        if (writer.size, writer.sha256) != (expected["size"], expected["sha256"]):
+            problem = (f"its content differs from {entry['path']} in the archive (read back "
+                       f"{writer.size} bytes, SHA-256 {writer.sha256[:16]}...; the archive "
+                       f"holds {expected['size']} bytes, {expected['sha256'][:16]}...)")
+        return ContentResult(entry["table"], rows, problem)
+
+    with ThreadPoolExecutor(max_workers=READ_BACK_WORKERS) as pool:
+        return list(pool.map(compare, manifest["tables"]))
 
 
 def invalid_constraints(conn: psycopg.Connection, not_valid_in_source: list[str]) -> list[str]:

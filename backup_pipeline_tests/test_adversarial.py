@@ -9,6 +9,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import dagster as dg
 import psycopg
 import pytest
 from psycopg import sql
@@ -48,6 +49,21 @@ def adversarial_template(server):
                             ).fetchone():
             conn.execute(documented_backup_role_sql())
     yield name
+    drop_database(server, name)
+
+
+@pytest.fixture(scope="module")
+def adversarial_backup(server, adversarial_template, tmp_path_factory):
+    """One proven backup of the adversarial schema by the read-only role: its environment and
+    archive, which the tests below restore each in their own way."""
+    name = new_database(server, adversarial_template)
+    with pytest.MonkeyPatch.context() as monkeypatch, dg.instance_for_test() as instance:
+        env = schema_env(server, name, tmp_path_factory.mktemp("adversarial"), monkeypatch,
+                         **ADVERSARIAL_ENV, POSTGRES_USER=BACKUP_ROLE,
+                         POSTGRES_PASSWORD=BACKUP_PASSWORD)
+        assert run_backup(env, instance).success
+        [archive] = archives(env["BACKUP_DIR"])
+        yield env, archive
     drop_database(server, name)
 
 
@@ -94,11 +110,8 @@ def assert_restored(source: str, restored: str, cutoff: str) -> None:
     assert scalar(restored, "SELECT count(*) FROM pg_constraint WHERE NOT convalidated") == 1
 
 
-def test_adversarial_schema_by_the_read_only_role_onto_a_new_server(adversarial, server,
-                                                                     instance, tmp_path):
-    result = run_backup(adversarial, instance)
-    assert result.success
-    [archive] = archives(adversarial["BACKUP_DIR"])
+def test_adversarial_schema_by_the_read_only_role_onto_a_new_server(adversarial_backup, server):
+    adversarial, archive = adversarial_backup
     meta = manifest(archive)
     assert {r["name"] for r in meta["roles"]} >= {"adv_owner", "adv_app", "adv_group",
                                                   BACKUP_ROLE}
@@ -127,9 +140,8 @@ def test_adversarial_schema_by_the_read_only_role_onto_a_new_server(adversarial,
         cluster.stop()
 
 
-def test_adversarial_schema_by_backup_info(adversarial, server, instance, tmp_path):
-    assert run_backup(adversarial, instance).success
-    [archive] = archives(adversarial["BACKUP_DIR"])
+def test_adversarial_schema_by_backup_info(adversarial_backup, server, tmp_path):
+    adversarial, archive = adversarial_backup
     plain = new_database(server)
     drop_database(server, plain)
     try:

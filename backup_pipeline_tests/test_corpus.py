@@ -9,6 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import dagster as dg
 import psycopg
 import pytest
 
@@ -33,6 +34,21 @@ def pagila_template(server):
     name = new_database(server)
     load_pagila(server.dsn(name))
     yield name
+    drop_database(server, name)
+
+
+@pytest.fixture(scope="module")
+def pagila_backup(server, pagila_template, tmp_path_factory):
+    """One proven backup of Pagila, which the tests below restore each in their own way:
+    its environment, the archive and the run's result."""
+    name = new_database(server, pagila_template)
+    with pytest.MonkeyPatch.context() as monkeypatch, dg.instance_for_test() as instance:
+        env = schema_env(server, name, tmp_path_factory.mktemp("pagila"), monkeypatch,
+                         **pagila_env())
+        result = run_backup(env, instance)
+        assert result.success
+        [archive] = archives(env["BACKUP_DIR"])
+        yield env, archive, result
     drop_database(server, name)
 
 
@@ -67,10 +83,8 @@ def assert_restored(source: str, restored: str, cutoff: str) -> None:
                             "WHERE r.rental_id IS NULL") == 0
 
 
-def test_pagila_is_proven_restored_and_compared(pagila, server, instance, scratch_db, tmp_path):
-    result = run_backup(pagila, instance)
-    assert result.success
-    [archive] = archives(pagila["BACKUP_DIR"])
+def test_pagila_is_proven_restored_and_compared(pagila_backup, server, scratch_db, tmp_path):
+    pagila, archive, result = pagila_backup
     meta = manifest(archive)
     tables = {t["table"]: t for t in meta["tables"]}
     # The windows hold part of the data, and recent payments need rentals older than the window
@@ -103,9 +117,8 @@ def test_pagila_is_proven_restored_and_compared(pagila, server, instance, scratc
         cluster.stop()
 
 
-def test_pagila_onto_a_new_server_without_its_roles(pagila, server, instance):
-    assert run_backup(pagila, instance).success
-    [archive] = archives(pagila["BACKUP_DIR"])
+def test_pagila_onto_a_new_server_without_its_roles(pagila_backup, server):
+    pagila, archive, _ = pagila_backup
     cluster = start_cluster()
     try:
         out = restore_cli(archive, cluster.dsn("pagila"))
@@ -161,11 +174,10 @@ def test_pagila_loads_as_its_readme_says(server, pagila_template):
     assert on_partitions >= 18 and on_parent == 0
 
 
-def test_pagila_by_a_user_who_may_not_create_roles(pagila, instance):
+def test_pagila_by_a_user_who_may_not_create_roles(pagila_backup):
     """Refused up front, naming the roles and the fix; with --no-owner everything restores as
     that user's own, without the archive's grants."""
-    assert run_backup(pagila, instance).success
-    [archive] = archives(pagila["BACKUP_DIR"])
+    _, archive, _ = pagila_backup
     cluster = start_cluster()
     try:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
