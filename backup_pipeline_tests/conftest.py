@@ -140,10 +140,15 @@ def backup_env(tmp_path: Path, server: Server, source_db: str, proof_db: str,
     Its restore proof goes to a scratch database of the suite's server (BACKUP_DRILL_DSN, a
     setting deployments use too), which spares each run a server of its own; the tests of
     the throwaway server take `throwaway_proof` instead."""
+    return _sample_env(server, source_db, proof_db, tmp_path, monkeypatch)
+
+
+def _sample_env(server: Server, dbname: str, proof_db: str, folder: Path,
+                monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     env = {
-        **server.env(source_db),
-        "BACKUP_DIR": str(tmp_path / "backups"),
-        "BACKUP_CONFIG_DIR": str(write_config_dir(tmp_path / "config")),
+        **server.env(dbname),
+        "BACKUP_DIR": str(folder / "backups"),
+        "BACKUP_CONFIG_DIR": str(write_config_dir(folder / "config")),
         "BACKUP_MIN_SIZE_MB": "0",
         "BACKUP_DB_RETRY_BASE_SECONDS": "0.1",
         "BACKUP_LOCK_TIMEOUT_SECONDS": "5",
@@ -170,11 +175,22 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield test_instance
 
 
-@pytest.fixture
-def archive(backup_env, instance) -> Path:
-    """A real archive of `source_db`, made by backup_job."""
+@pytest.fixture(scope="session")
+def archive(server: Server, sample_template: str, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Path]:
+    """A real archive of the sample data, made once by backup_job, for the tests that only read
+    it (they restore it, or rewrite copies of it). Its source is a copy of the template, as
+    `source_db` is."""
     from backup_pipeline_tests.helpers import archives, run_backup
 
-    assert run_backup(backup_env, instance).success
-    [made] = archives(backup_env["BACKUP_DIR"])
-    return made
+    source, proof = new_database(server, sample_template), f"bp_proof_{uuid.uuid4().hex[:10]}"
+    try:
+        with pytest.MonkeyPatch.context() as monkeypatch, dg.instance_for_test() as instance:
+            env = _sample_env(server, source, proof, tmp_path_factory.mktemp("archive"),
+                              monkeypatch)
+            assert run_backup(env, instance).success
+            [made] = archives(env["BACKUP_DIR"])
+        yield made
+    finally:
+        drop_database(server, source)
+        drop_database(server, proof)
