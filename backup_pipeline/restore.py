@@ -34,7 +34,8 @@ from backup_pipeline import layout
 from backup_pipeline.export_plan import table_source
 from backup_pipeline.pg import reader_settings
 from backup_pipeline.restore_checks import compare_content, invalid_constraints, sequences_behind
-from backup_pipeline.restore_load import LoadError, load_archive
+from backup_pipeline.restore_load import LoadError, copy_rows, load_archive
+from backup_pipeline.restore_script import ManifestError
 from backup_pipeline.roles import Role
 from backup_pipeline.verify import VerificationReport, verify_archive
 
@@ -357,19 +358,6 @@ def _primary_key(conn: psycopg.Connection, schema: str, name: str) -> list[str]:
         (f'"{schema}"."{name}"',))]
 
 
-def _copy_block(path: Path):
-    """The COPY data lines of a per-table SQL data file, streamed."""
-    with path.open("rb") as handle:
-        inside = False
-        for line in handle:
-            if inside:
-                if line == b"\\.\n":
-                    return
-                yield line
-            elif line.startswith(b"COPY ") and line.rstrip().endswith(b"FROM stdin;"):
-                inside = True
-
-
 def merge_table(conn: psycopg.Connection, workdir: Path, entry: dict) -> TableComparison:
     """Upsert the archive's rows of one table by primary key; nothing else is touched."""
     schema, name = entry["table"].split(".", 1)
@@ -387,17 +375,8 @@ def merge_table(conn: psycopg.Connection, workdir: Path, entry: dict) -> TableCo
     # The archive's values as they were: no user trigger (e.g. one touching updated_at) rewrites
     # them. Foreign key checks are system triggers and stay on.
     conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(target))
-    source = workdir / entry["path"]
     with conn.cursor() as cur:
-        if entry["kind"] == "transactions":
-            statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER)")
-            with cur.copy(statement.format(staging, cols)) as copy, source.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    copy.write(block)
-        else:
-            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(staging, cols)) as copy:
-                for line in _copy_block(source):
-                    copy.write(line)
+        copy_rows(cur, workdir, entry, staging)
     updates = [c for c in columns if c not in key]
     conflict = (sql.SQL("DO UPDATE SET ") + sql.SQL(", ").join(
         sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates)
@@ -454,7 +433,7 @@ def partial_restore(workdir: Path, dsn: str, manifest: dict, tables: list[str],
             for table in tables:
                 progress(f"merging {by_name[table]['table']} by primary key")
                 results.append(merge_table(conn, workdir, by_name[table]))
-    except psycopg.Error as error:
+    except (psycopg.Error, LoadError, ManifestError) as error:
         raise RestoreError(
             f"the partial restore into {describe_target(dsn)} failed and was rolled back, "
             f"nothing changed: {str(error).strip()}"

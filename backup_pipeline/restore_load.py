@@ -86,40 +86,45 @@ def _stream(copy: psycopg.Copy, path: Path, start: int, length: int) -> None:
             left -= len(block)
 
 
-def _copy_statement(entry: dict, options: str) -> sql.Composable:
+def _rows_range(path: Path, entry: dict) -> tuple[int, int]:
+    """Where a table's rows are in its file: all of a CSV (COPY skips its header); in a critical
+    table's file, what lies between the export's header and its trailer, which must be exactly
+    those the manifest's names and row count give."""
+    size = path.stat().st_size
+    if entry["kind"] == "transactions":
+        return 0, size
     schema, name = entry["table"].split(".", 1)
-    return sql.SQL("COPY {} ({}) FROM STDIN" + options).format(
-        sql.Identifier(schema, name),
-        sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"]))
+    header = sql_data_header(schema, name, entry["columns"]).encode()
+    trailer = sql_data_trailer(int(entry["rows"])).encode()
+    with path.open("rb") as handle:
+        starts = handle.read(len(header))
+        handle.seek(max(0, size - len(trailer)))
+        ends = handle.read()
+    if starts != header or ends != trailer:
+        raise LoadError(f"{path.name} does not hold exactly the export's COPY data of "
+                        f"{entry['table']} ({entry['rows']} rows): do not use this archive.")
+    return len(header), size - len(header) - len(trailer)
+
+
+def copy_rows(cur: psycopg.Cursor, workdir: Path, entry: dict, into: sql.Composable) -> None:
+    """Stream the rows of one table's file (only them: see `_rows_range`) into `into`, a table
+    of the same columns: the table itself, or a partial restore's staging table."""
+    path = workdir / checked_path(entry)
+    start, length = _rows_range(path, entry)
+    options = " WITH (FORMAT csv, HEADER)" if entry["kind"] == "transactions" else ""
+    statement = sql.SQL("COPY {} ({}) FROM STDIN" + options).format(
+        into, sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"]))
+    with cur.copy(statement) as copy:
+        _stream(copy, path, start, length)
 
 
 def _load_table(conn: psycopg.Connection, workdir: Path, entry: dict) -> None:
-    """One table's rows. A critical table's file must be exactly the export's header, the
-    rows, and the trailer with the manifest's row count: only the rows are sent."""
-    relative = checked_path(entry)
-    path = workdir / relative
-    size = path.stat().st_size
+    schema, name = entry["table"].split(".", 1)
     try:
         with conn.cursor() as cur:
-            if entry["kind"] == "transactions":
-                with cur.copy(_copy_statement(entry, " WITH (FORMAT csv, HEADER)")) as copy:
-                    _stream(copy, path, 0, size)
-                return
-            schema, name = entry["table"].split(".", 1)
-            header = sql_data_header(schema, name, entry["columns"]).encode()
-            trailer = sql_data_trailer(int(entry["rows"])).encode()
-            with path.open("rb") as handle:
-                starts = handle.read(len(header))
-                handle.seek(max(0, size - len(trailer)))
-                ends = handle.read()
-            if starts != header or ends != trailer:
-                raise LoadError(f"{relative} does not hold exactly the export's COPY data of "
-                                f"{entry['table']} ({entry['rows']} rows): do not use this "
-                                f"archive.")
-            with cur.copy(_copy_statement(entry, "")) as copy:
-                _stream(copy, path, len(header), size - len(header) - len(trailer))
+            copy_rows(cur, workdir, entry, sql.Identifier(schema, name))
     except psycopg.Error as error:
-        raise LoadError(f"loading {entry['table']} from {relative} failed: "
+        raise LoadError(f"loading {entry['table']} from {entry['path']} failed: "
                         f"{str(error).strip()}") from None
 
 
