@@ -6,14 +6,19 @@ alert for the same kind of problem gives the same advice.
 
 from __future__ import annotations
 
+from backup_pipeline.run_monitoring import DEAD_RUN_PHRASE
 from backup_pipeline.settings import Settings
 
 ALERT_TAG = "backup_pipeline/alert"
+# How often the run's alert was tried: the undelivered-alert sensor sends it again.
+ALERT_ATTEMPTS_TAG = "backup_pipeline/alert_attempts"
 EMAIL_TAG = "backup_pipeline/email"
 
 
 def failure_kind(error_text: str) -> str:
     text = error_text.lower()
+    if DEAD_RUN_PHRASE in text:
+        return "dead_run"
     if "restoreprooferror" in text:
         return "proof"
     if "databaseconnectionerror" in text or "could not connect to postgresql" in text:
@@ -63,6 +68,16 @@ def troubleshooting(kind: str, settings: Settings) -> list[str]:
             "A table the error names but the backup does not hold: add it to BACKUP_TABLES. A "
             "missing program or no room for the throwaway server: see the error; "
             "BACKUP_DRILL_DSN can name a scratch database instead.",
+        ],
+        "dead_run": [
+            "The run's process died before it finished: look for the cause at that time: "
+            "dmesg -T | grep -i -e oom -e killed; docker compose ps; docker inspect --format "
+            "'{{.State.OOMKilled}} {{.State.ExitCode}}' <the backup-code container>.",
+            "Nothing it made was recorded as a backup: the last good archive is the one "
+            "`backup-pipeline status` names on its `last success` line. Its leftover staging "
+            f"files in {settings.backup_dir}/.staging are removed by the next run.",
+            "The daemon runs it once more by itself (dagster.yaml run_retries); if that one dies "
+            "too, give the service more memory (docker stats) or find what kills it.",
         ],
         "email": [
             "Check SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASS, SMTP_SECURITY and ADMIN_EMAILS.",

@@ -67,6 +67,20 @@ def _settings():
         raise SystemExit(2) from None
 
 
+def _run_line(run) -> str:
+    """The `last run` line: a finished run's duration and failure, a running one's heartbeat."""
+    line = f"{run.status}  started {run.started_at}  "
+    if run.status in ("SUCCESS", "FAILURE", "CANCELED"):
+        line += f"took {run.duration_seconds} s"
+    else:
+        line += f"running for {run.duration_seconds} s" if run.duration_seconds else "not started"
+        if run.heartbeat_age_seconds is not None:
+            line += f", last heartbeat {run.heartbeat_age_seconds:.0f} s ago"
+            line += " (its process DIED: see health-check)" if run.dead else ""
+    line += f"  (run {run.run_id})"
+    return line + (f"\n                  failed {run.failure}" if run.failure else "")
+
+
 def _status(args: argparse.Namespace) -> int:
     from backup_pipeline.health import collect_status
     from backup_pipeline.verify import verify_archive
@@ -89,10 +103,14 @@ def _status(args: argparse.Namespace) -> int:
     print(f"last success      {status.last_success_at or 'never'}"
           + (f" ({status.last_success_age_hours:.1f} h ago)" if status.last_success_at else "")
           + (f"  {status.last_success_archive}" if status.last_success_archive else ""))
+    if status.backup_dir_error:
+        print(f"BACKUP_DIR        NOT READABLE: {status.backup_dir_error}")
     if status.last_run:
-        run = status.last_run
-        print(f"last run          {run.status}  started {run.started_at}  "
-              f"{run.duration_seconds} s  (run {run.run_id})")
+        print(f"last run          {_run_line(status.last_run)}")
+    if status.oldest_queued:
+        queued = status.oldest_queued
+        print(f"queued            {queued['job']} run {queued['run_id']} waiting for "
+              f"{queued['waiting_seconds']:.0f} s")
     if status.success_rate:
         rate = status.success_rate
         print(f"success rate      {rate['succeeded']}/{rate['finished']} of the last runs"
@@ -122,7 +140,7 @@ def _health_check(args: argparse.Namespace) -> int:
     from backup_pipeline.health import collect_status, health_problems
 
     settings = _settings()
-    problems = health_problems(settings, collect_status(settings, with_history=False))
+    problems = health_problems(settings, collect_status(settings))
     for problem in problems:
         print(f"UNHEALTHY: {problem}")
     if not problems:

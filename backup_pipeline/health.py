@@ -40,7 +40,18 @@ class RunInfo:
     run_id: str
     status: str
     started_at: str | None
+    # Finished runs: how long they took; a run in progress: how long it has been going.
     duration_seconds: float | None
+    # A run in progress: seconds since its process last beat (None: it never beat), and
+    # whether that is past the heartbeat timeout (its process died). Finished runs: their
+    # failure message, first line.
+    heartbeat_age_seconds: float | None = None
+    dead: bool = False
+    failure: str | None = None
+
+
+# A run waiting in the queue longer than this is stuck behind something.
+QUEUED_TOO_LONG_SECONDS = 3600
 
 
 @dataclass
@@ -60,6 +71,10 @@ class BackupStatus:
     # The newest good archive's restore proof: {"seconds", "target"}, None when not proven.
     last_restore_proof: dict | None = None
     last_email: dict | None = None
+    # The run that has waited longest in the queue: {"run_id", "job", "waiting_seconds"}.
+    oldest_queued: dict | None = None
+    # Why BACKUP_DIR could not be read (permissions), None when it could.
+    backup_dir_error: str | None = None
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -80,8 +95,35 @@ def _read_int(path) -> int | None:
         return None
 
 
+def _run_info(instance, record) -> RunInfo:
+    from backup_pipeline.run_monitoring import describe_failure, silence
+
+    run = record.dagster_run
+    now = time.time()
+    end = record.end_time or (None if run.is_finished else now)
+    info = RunInfo(
+        run_id=run.run_id,
+        status=run.status.value,
+        started_at=datetime.fromtimestamp(record.start_time, UTC).isoformat()
+        if record.start_time else None,
+        duration_seconds=round(end - record.start_time, 1)
+        if end and record.start_time else None,
+    )
+    if not run.is_finished:
+        quiet = silence(instance, run.run_id, now)
+        if quiet is not None:
+            info.heartbeat_age_seconds = round(quiet.seconds, 1)
+            info.dead = quiet.dead
+    elif run.status.value == "FAILURE":
+        step, error = describe_failure(instance, run.run_id)
+        lines = [line for line in error.strip().splitlines() if line.strip()]
+        info.failure = f"at {step}: {lines[0] if lines else 'no message'}"
+    return info
+
+
 def _run_history(status: BackupStatus) -> None:
-    """Last run and success rate from the Dagster instance, when DAGSTER_HOME names one."""
+    """Last run, success rate and stuck queue from the Dagster instance, when DAGSTER_HOME names
+    one."""
     if not os.environ.get("DAGSTER_HOME"):
         status.notes.append("DAGSTER_HOME is not set: run history comes from the status files")
         return
@@ -91,22 +133,21 @@ def _run_history(status: BackupStatus) -> None:
         instance = dg.DagsterInstance.get()
         records = instance.get_run_records(
             filters=dg.RunsFilter(job_name=JOB_NAME), limit=RUNS_FOR_RATE)
+        queued = instance.get_run_records(
+            filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]), limit=1,
+            ascending=True)
+        if records:
+            status.last_run = _run_info(instance, records[0])
     except Exception as error:  # any storage problem: fall back, and say so
         status.notes.append(f"Dagster instance not readable ({error}); using the status files")
         return
     status.history_source = "dagster instance"
+    if queued:
+        waited = time.time() - queued[0].create_timestamp.timestamp()
+        status.oldest_queued = {"run_id": queued[0].dagster_run.run_id,
+                                "job": queued[0].dagster_run.job_name,
+                                "waiting_seconds": round(waited, 1)}
     finished = [r for r in records if r.dagster_run.status.value in ("SUCCESS", "FAILURE")]
-    if records:
-        latest = records[0]
-        duration = (latest.end_time - latest.start_time
-                    if latest.end_time and latest.start_time else None)
-        status.last_run = RunInfo(
-            run_id=latest.dagster_run.run_id,
-            status=latest.dagster_run.status.value,
-            started_at=datetime.fromtimestamp(latest.start_time, UTC).isoformat()
-            if latest.start_time else None,
-            duration_seconds=round(duration, 1) if duration is not None else None,
-        )
     succeeded = sum(1 for r in finished if r.dagster_run.status.value == "SUCCESS")
     status.success_rate = {
         "succeeded": succeeded,
@@ -115,10 +156,25 @@ def _run_history(status: BackupStatus) -> None:
     }
 
 
-def collect_status(settings: Settings, with_history: bool = True) -> BackupStatus:
+def _free_mb(root) -> int | None:
+    try:
+        return shutil.disk_usage(root).free // layout.MB if root.is_dir() else None
+    except OSError:
+        return None
+
+
+def collect_status(settings: Settings) -> BackupStatus:
     root = settings.backup_dir
     now = time.time()
-    found = BackupStorage(backup_dir=str(root), timezone=settings.timezone).archives()
+    unreadable = None
+    try:
+        found = BackupStorage(backup_dir=str(root), timezone=settings.timezone).archives()
+    except OSError as error:
+        found = []
+        unreadable = (f"BACKUP_DIR {root} cannot be read by uid {os.getuid()} "
+                      f"({error.strerror or error}): run as the user that owns it, or fix its "
+                      f"owner and mode (ls -ld {root}; it should be 0700, owned by the backup "
+                      "user)")
     last = _read_json(root / layout.LAST_BACKUP_FILE)
     newest = None
     if found:
@@ -130,7 +186,7 @@ def collect_status(settings: Settings, with_history: bool = True) -> BackupStatu
         newest = ArchiveInfo(path.name, str(path), size, moment.isoformat(),
                              round((now - moment.timestamp()) / 3600, 2), verified)
     success = read_last_success(root)
-    free = shutil.disk_usage(root).free // layout.MB if root.is_dir() else None
+    free = _free_mb(root)
     status = BackupStatus(
         backup_dir=str(root),
         newest_archive=newest,
@@ -143,9 +199,9 @@ def collect_status(settings: Settings, with_history: bool = True) -> BackupStatu
         last_restore_drill=_read_json(root / layout.LAST_DRILL_FILE),
         last_restore_proof=(last or {}).get("restore_proof"),
         last_email=_read_json(root / layout.LAST_EMAIL_FILE),
+        backup_dir_error=unreadable,
     )
-    if with_history:
-        _run_history(status)
+    _run_history(status)
     return status
 
 
@@ -163,6 +219,28 @@ def database_problem(settings: Settings, timeout_seconds: int = 3) -> str | None
                 f"{settings.postgres_port} database {settings.postgres_db} user "
                 f"{settings.postgres_user}: {first}")
     return None
+
+
+def run_problems(status: BackupStatus) -> list[str]:
+    """What the Dagster instance says is wrong: a dead or failed last run, a stuck queue."""
+    problems = []
+    run = status.last_run
+    if run and run.dead:
+        problems.append(
+            f"{JOB_NAME} run {run.run_id} is {run.status} but its process has sent no heartbeat "
+            f"for {run.heartbeat_age_seconds:.0f} s: it died. Run monitoring should have marked "
+            "it failed: check that the Dagster daemon runs and that dagster.yaml has "
+            "run_monitoring enabled and run_launcher HeartbeatRunLauncher")
+    elif run and run.status == "FAILURE":
+        problems.append(f"the last {JOB_NAME} run {run.run_id} (started {run.started_at}) "
+                        f"FAILED {run.failure}")
+    queued = status.oldest_queued
+    if queued and queued["waiting_seconds"] > QUEUED_TOO_LONG_SECONDS:
+        problems.append(
+            f"{queued['job']} run {queued['run_id']} has waited in the queue for "
+            f"{queued['waiting_seconds'] / 60:.0f} min: another run holds the one slot "
+            "(dagster.yaml max_concurrent_runs) or the daemon is not running")
+    return problems
 
 
 def health_problems(settings: Settings, status: BackupStatus, check_database: bool = True
@@ -187,12 +265,15 @@ def health_problems(settings: Settings, status: BackupStatus, check_database: bo
     if status.free_disk_mb is not None and status.free_disk_mb < settings.min_free_disk_mb:
         problems.append(f"only {status.free_disk_mb} MB free in {settings.backup_dir}, below "
                         f"BACKUP_MIN_FREE_DISK_MB={settings.min_free_disk_mb}")
-    if status.free_disk_mb is None:
+    if status.backup_dir_error:
+        problems.append(status.backup_dir_error)
+    elif status.free_disk_mb is None:
         problems.append(f"BACKUP_DIR {settings.backup_dir} does not exist")
     email = status.last_email
     if email and not email.get("ok"):
         problems.append(f"last email ({email.get('kind')}, {email.get('at')}) was NOT delivered "
                         f"after {email.get('attempts')} tries: {email.get('error')}")
+    problems.extend(run_problems(status))
     if check_database:
         problem = database_problem(settings)
         if problem:

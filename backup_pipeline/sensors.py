@@ -14,9 +14,14 @@ import dagster as dg
 from backup_pipeline import layout
 from backup_pipeline.alerts import troubleshooting
 from backup_pipeline.emails.render import Notice, notice_email
-from backup_pipeline.hooks import send_failure_alert
+from backup_pipeline.hooks import (
+    ALERT_RETRY_HOURS,
+    send_failure_alert,
+    undelivered_alerts,
+)
 from backup_pipeline.resources.mailer import Mailer
 from backup_pipeline.resources.storage import BackupStorage, read_last_success
+from backup_pipeline.run_monitoring import describe_failure
 from backup_pipeline.settings import Settings
 
 
@@ -107,12 +112,28 @@ def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
                            default_status=dg.DefaultSensorStatus.RUNNING,
                            description="One alert email for a failed run no hook alerted for.")
     def backup_failure_alert_sensor(context: dg.RunFailureSensorContext, mailer: Mailer) -> None:
-        failures = context.get_step_failure_events()
-        step = failures[0].step_key if failures else "the run (before any step)"
-        error = (failures[0].event_specific_data.error.to_string()
-                 if failures and failures[0].event_specific_data.error
-                 else context.failure_event.message or "run failed")
-        send_failure_alert(context.instance, mailer, settings, context.dagster_run.run_id,
-                           step or "run", error)
+        run_id = context.dagster_run.run_id
+        step, error = describe_failure(context.instance, run_id)
+        send_failure_alert(context.instance, mailer, settings, run_id, step, error)
 
-    return [backup_age_sensor, backup_size_sensor, backup_failure_alert_sensor]
+    # Why: an alert that could not be sent (SMTP down, outbox disk full) must not be lost: the
+    # run's tag says "failed", and this sends it again every few minutes for a day.
+    @dg.sensor(name="undelivered_alert_sensor", minimum_interval_seconds=300,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description=f"Sends again, for {ALERT_RETRY_HOURS} h, every failure alert that "
+                           "could not be delivered.")
+    def undelivered_alert_sensor(context: dg.SensorEvaluationContext, mailer: Mailer
+                                 ) -> dg.SkipReason:
+        pending = undelivered_alerts(context.instance, time.time() - ALERT_RETRY_HOURS * 3600)
+        if not pending:
+            return dg.SkipReason("every failure alert was delivered")
+        results = []
+        for run_id in pending:
+            step, error = describe_failure(context.instance, run_id)
+            sent = send_failure_alert(context.instance, mailer, settings, run_id, step, error,
+                                      resend=True)
+            results.append(f"{run_id[:8]} {'sent' if sent else 'still undelivered'}")
+        return dg.SkipReason("alerts sent again: " + ", ".join(results))
+
+    return [backup_age_sensor, backup_size_sensor, backup_failure_alert_sensor,
+            undelivered_alert_sensor]

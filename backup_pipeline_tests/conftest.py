@@ -175,6 +175,30 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield test_instance
 
 
+@pytest.fixture
+def dagster_home(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                 ) -> Iterator[dict[str, str]]:
+    """A Dagster instance like the deployment's (its dagster.yaml, storage in a database of its
+    own, a dead run declared after 6 s): the environment that names it, also set in os.environ.
+    """
+    from backup_pipeline_tests.helpers import write_instance_yaml
+
+    database = f"dagster_{uuid.uuid4().hex[:8]}"
+    with server.admin() as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    write_instance_yaml(home)
+    env = {"DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": server.host,
+           "DAGSTER_PG_PORT": str(server.port), "DAGSTER_PG_DB": database,
+           "DAGSTER_PG_USER": server.user, "DAGSTER_PG_PASSWORD": server.password}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    yield env
+    with server.admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def archive(server: Server, sample_template: str, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[Path]:

@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +21,7 @@ import psycopg
 
 from backup_pipeline import layout
 from backup_pipeline.definitions import build_defs
+from backup_pipeline.run_monitoring import last_heartbeat
 from backup_pipeline.settings import load_settings
 
 CRITICAL = ["users", "user_roles", "organizations", "agencies", "referrals", "exchange_rates",
@@ -32,6 +39,75 @@ def run_backup(env: dict[str, str], instance: dg.DagsterInstance
     return defs.resolve_job_def("backup_job").execute_in_process(
         instance=instance, raise_on_error=False
     )
+
+
+def write_instance_yaml(home: Path, heartbeat_timeout: int = 6, poll_seconds: int = 2) -> None:
+    """The deployment's dagster.yaml, with a dead run declared after seconds, not minutes."""
+    text = (REPO / "dagster.yaml").read_text()
+    short = (text.replace("heartbeat_timeout_seconds: 180",
+                          f"heartbeat_timeout_seconds: {heartbeat_timeout}")
+             .replace("poll_interval_seconds: 30", f"poll_interval_seconds: {poll_seconds}"))
+    assert short.count(": 180") == text.count(": 180") - 1 and short != text
+    (home / "dagster.yaml").write_text(short)
+
+
+def wait_for(condition, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def blocked_run(env: dict[str, str], home: Path, source_dsn: str, table: str = "users"
+                ) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A backup run by `dagster job execute`, held in its export by a lock this test holds: a
+    run alive, beating and in a known step for as long as the test needs. Yields the process
+    (its own process group) and the run id; kills the group on the way out."""
+    with psycopg.connect(source_dsn) as lock:
+        lock.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        log = (home / "blocked_run.log").open("w")
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("dagster")), "job", "execute", "-m",
+             "backup_pipeline.definitions", "-j", "backup_job"],
+            env={**os.environ, **env, "DAGSTER_HOME": str(home),
+                 "BACKUP_LOCK_TIMEOUT_SECONDS": "600"},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        instance = dg.DagsterInstance.from_config(str(home))
+        try:
+            def beating_and_waiting() -> str | None:
+                assert process.poll() is None, (home / "blocked_run.log").read_text()[-3000:]
+                runs = instance.get_run_records(
+                    filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+                waiting = lock.execute(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
+                    (table,)).fetchone()[0]
+                for record in runs:
+                    if waiting and last_heartbeat(instance, record.dagster_run.run_id):
+                        return record.dagster_run.run_id
+                return None
+
+            yield process, wait_for(beating_and_waiting, "the run to wait on the lock", 120)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+            instance.dispose()
+            log.close()
+
+
+def outbox_messages(env: dict[str, str]) -> list[EmailMessage]:
+    """The emails written to the default outbox (BACKUP_DIR/outbox), oldest first."""
+    folder = Path(env["BACKUP_DIR"]) / "outbox"
+    return [message_from_bytes(p.read_bytes(), policy=policy.default)
+            for p in sorted(folder.glob("*.eml"))]
+
+
+def plain_text(message: EmailMessage) -> str:
+    return message.get_body(preferencelist=("plain",)).get_content()
 
 
 def archives(backup_dir: str | Path) -> list[Path]:

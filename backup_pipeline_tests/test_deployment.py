@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
+import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import psycopg
@@ -23,7 +22,12 @@ import yaml
 
 from backup_pipeline import settings as settings_module
 from backup_pipeline.sample_data.cluster import free_port
-from backup_pipeline_tests.helpers import REPO
+from backup_pipeline_tests.helpers import (
+    REPO,
+    blocked_run,
+    outbox_messages,
+    plain_text,
+)
 
 BIN = Path(sys.executable).parent
 COMPOSE = yaml.safe_load((REPO / "docker-compose.prod.yml").read_text())
@@ -194,18 +198,9 @@ mutation($selector: JobOrPipelineSelector!) {
 
 
 @pytest.fixture
-def stack(backup_env, server, tmp_path):
-    dagster_db = f"dagster_{uuid.uuid4().hex[:8]}"
-    with server.admin() as conn:
-        conn.execute(f'CREATE DATABASE "{dagster_db}"')
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+def stack(backup_env, dagster_home, tmp_path):
     code_port, web_port = free_port(), free_port()
-    env = {**os.environ, **backup_env,
-           "DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": server.host,
-           "DAGSTER_PG_PORT": str(server.port), "DAGSTER_PG_DB": dagster_db,
-           "DAGSTER_PG_USER": server.user, "DAGSTER_PG_PASSWORD": server.password,
+    env = {**os.environ, **backup_env, **dagster_home,
            "DAGSTER_CODE_SERVER_HOST": "127.0.0.1", "DAGSTER_CODE_SERVER_PORT": str(code_port),
            "BACKUP_LOG_FILE": str(tmp_path / "log" / "backup.log")}
     running = Stack(env)
@@ -222,12 +217,17 @@ def stack(backup_env, server, tmp_path):
         _wait(lambda: urllib.request.urlopen(f"http://127.0.0.1:{web_port}/server_info",
                                              timeout=5).status == 200, "the webserver")
         running.web_port = web_port
-        running.dagster_db = dagster_db
         yield running
     finally:
         running.stop()
-        with server.admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dagster_db}" WITH (FORCE)')
+
+
+def _ticks(port: int, sensor: str) -> list[dict] | None:
+    query = """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) {
+                 ... on Sensor { sensorState { ticks(limit: 5) { status skipReason } } } } }"""
+    selector = {**REPOSITORY, "sensorName": sensor}
+    ticks = _graphql(port, query, {"s": selector})["sensorOrError"]["sensorState"]["ticks"]
+    return ticks or None
 
 
 def test_the_stack_runs_queues_and_monitors(stack, backup_env, server):
@@ -273,21 +273,59 @@ def test_the_stack_runs_queues_and_monitors(stack, backup_env, server):
     assert first["endTime"] <= second["startTime"], "the queue let two backups overlap"
 
     # The history is in PostgreSQL, in the Dagster instance's own database.
-    with psycopg.connect(server.dsn(stack.dagster_db)) as conn:
+    with psycopg.connect(server.dsn(stack.env["DAGSTER_PG_DB"])) as conn:
         stored = {row[0] for row in conn.execute("SELECT run_id FROM runs")}
     assert set(run_ids) <= stored
 
     # The daemon evaluated the sensors on its own.
-    def ticked():
-        query = """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) {
-                     ... on Sensor { sensorState { ticks(limit: 5) { status skipReason } } } } }"""
-        selector = {**REPOSITORY, "sensorName": "backup_age_sensor"}
-        ticks = _graphql(port, query, {"s": selector})["sensorOrError"]["sensorState"]["ticks"]
-        return ticks or None
-
-    ticks = _wait(ticked, "a backup_age_sensor tick", timeout=120)
+    ticks = _wait(lambda: _ticks(port, "backup_age_sensor"), "a backup_age_sensor tick", 120)
     assert ticks[0]["status"] in ("SKIPPED", "SUCCESS")
 
     # The run log also went to the plain file operators tail.
     log_file = Path(stack.env["BACKUP_LOG_FILE"])
     assert log_file.exists() and "backup_archive" in log_file.read_text()
+
+
+def _runs(port: int, run_ids: list[str]) -> dict[str, dict]:
+    query = """query($ids: [String!]) { runsOrError(filter: {runIds: $ids}) {
+                 ... on Runs { results { runId status startTime endTime } } } }"""
+    results = _graphql(port, query, {"ids": run_ids})["runsOrError"]["results"]
+    return {r["runId"]: r for r in results}
+
+
+def test_a_killed_run_is_failed_alerted_and_the_queue_moves_on(stack, backup_env, server):
+    """kill -9 of a run's process: the daemon's run monitoring fails it within seconds (the
+    stack's dagster.yaml allows 6 s of silence), one alert names it, the queued run goes."""
+    # A run-failure sensor's first tick only sets its cursor: start once it has ticked.
+    _wait(lambda: _ticks(stack.web_port, "backup_failure_alert_sensor"), "the sensor", 120)
+    with blocked_run(stack.env, Path(stack.env["DAGSTER_HOME"]), server.dsn(
+            backup_env["POSTGRES_DB"])) as (process, run_id):
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        selector = {**REPOSITORY, "jobName": "backup_job"}
+        queued = _graphql(stack.web_port, LAUNCH, {"selector": selector})["launchRun"]
+        queued_id = queued["run"]["runId"]
+
+    def both_ended():
+        runs = _runs(stack.web_port, [run_id, queued_id])
+        done = all(r["status"] in ("SUCCESS", "FAILURE") for r in runs.values())
+        return runs if done else None
+
+    try:
+        runs = _wait(both_ended, "the dead run to be failed and the queued one to run", 180)
+    except AssertionError:
+        raise AssertionError(stack.log("daemon")) from None
+    dead, after = runs[run_id], runs[queued_id]
+    assert dead["status"] == "FAILURE" and after["status"] == "SUCCESS", stack.log("daemon")
+    assert after["startTime"] >= dead["endTime"], "the queued run started beside a dead one"
+    assert dead["endTime"] - dead["startTime"] < 60
+
+    def alerted():
+        return [m for m in outbox_messages(backup_env) if run_id in plain_text(m)]
+
+    [alert] = _wait(alerted, "the alert for the dead run", 90)
+    time.sleep(3)
+    assert len(alerted()) == 1, [m["Subject"] for m in outbox_messages(backup_env)]
+    assert alert["Subject"].endswith("backup_job FAILED at database_export")
+    text = plain_text(alert)
+    assert "stopped sending heartbeats" in text and "dmesg" in text, text

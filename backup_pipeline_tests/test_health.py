@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import dagster as dg
+
 from backup_pipeline import layout
-from backup_pipeline_tests.helpers import BACKUP_PIPELINE, archives, run_backup
+from backup_pipeline_tests.helpers import BACKUP_PIPELINE, archives, blocked_run, run_backup
 
 
 def cli(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -72,3 +75,31 @@ def test_status_json_with_run_history(backup_env, tmp_path):
     assert status["free_disk_mb"] > 0
     text, _ = cli(env, "status")
     assert archive.name in text.stdout and "1/1 of the last runs (100.0 %)" in text.stdout
+
+
+def test_status_and_health_check_name_a_dead_run_then_its_failure(backup_env, dagster_home,
+                                                                  server):
+    """No daemon here: the run's process is killed and nothing marks it failed, so status and
+    health-check must see it themselves (by its silent heartbeat), then its failure."""
+    env = {**backup_env, **dagster_home}
+    home = Path(dagster_home["DAGSTER_HOME"])
+    with blocked_run(env, home, server.dsn(backup_env["POSTGRES_DB"])) as (process, run_id):
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    time.sleep(7)  # the instance allows 6 s of silence; its last beat came before the kill
+    text, _ = cli(env, "status")
+    assert "last run          STARTED" in text.stdout, text.stdout
+    assert "(its process DIED: see health-check)" in text.stdout and run_id in text.stdout
+    done, _ = cli(env, "health-check")
+    assert done.returncode == 1
+    assert (f"UNHEALTHY: backup_job run {run_id} is STARTED but its process has sent no "
+            "heartbeat for") in done.stdout, done.stdout
+
+    instance = dg.DagsterInstance.get()
+    instance.report_run_failed(instance.get_run_by_id(run_id), "declared dead in this test")
+    done, _ = cli(env, "health-check")
+    assert done.returncode == 1
+    assert (f"UNHEALTHY: the last backup_job run {run_id} (started ") in done.stdout
+    assert "FAILED at database_export: declared dead in this test" in done.stdout, done.stdout
+    text, _ = cli(env, "status")
+    assert "failed at database_export: declared dead in this test" in text.stdout, text.stdout

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from email import message_from_bytes, policy
 from pathlib import Path
 
 import psycopg
@@ -20,13 +19,14 @@ from backup_pipeline import layout
 from backup_pipeline.export_plan import ExportPlan
 from backup_pipeline.restore import RestoreReport, compare_restored, restore_archive
 from backup_pipeline.restore_proof import PROOF_PREFIX
-from backup_pipeline_tests.helpers import BACKUP_PIPELINE, REPO, archives, manifest, run_backup
-
-
-def _outbox(env: dict[str, str]) -> list:
-    folder = Path(env["BACKUP_DIR"]) / "outbox"
-    return [message_from_bytes(p.read_bytes(), policy=policy.default)
-            for p in sorted(folder.glob("*.eml"))]
+from backup_pipeline_tests.helpers import (
+    BACKUP_PIPELINE,
+    REPO,
+    archives,
+    manifest,
+    outbox_messages,
+    run_backup,
+)
 
 
 def test_an_archive_that_does_not_restore_fails_its_run(throwaway_proof, instance, monkeypatch):
@@ -46,7 +46,7 @@ def test_an_archive_that_does_not_restore_fails_its_run(throwaway_proof, instanc
     assert not (backup_dir / layout.LAST_SUCCESS_FILE).exists()
     assert not (backup_dir / layout.LAST_BACKUP_FILE).exists()
     # Exactly one email: the alert, naming the table, saying what it means.
-    [alert] = _outbox(backup_env)
+    [alert] = outbox_messages(backup_env)
     assert alert["Subject"].startswith("URGENT:") and "restore_proof" in alert["Subject"]
     text = alert.get_body(("plain",)).get_content()
     assert "violates foreign key constraint" in text and 'on table "' in text
@@ -87,7 +87,7 @@ def test_without_the_proof_nothing_pretends(backup_env, instance, monkeypatch):
     assert "restore_proof" not in {e.step_key for e in result.all_events if e.step_key}
     record = json.loads((Path(env["BACKUP_DIR"]) / layout.LAST_BACKUP_FILE).read_text())
     assert record["restore_proof"] is None
-    [email] = _outbox(env)
+    [email] = outbox_messages(env)
     assert "Restore proof not proven (BACKUP_RESTORE_PROOF=off)" in email.get_body(
         ("plain",)).get_content()
 
@@ -100,7 +100,7 @@ def test_a_proven_run_says_so_in_the_email_and_status(throwaway_proof, instance)
     # Where the recovery time goes, step by step, within the proof's own time.
     assert set(proof["phases"]) == {"server_start", "verify_and_extract", "load", "compare"}
     assert 0 < sum(proof["phases"].values()) <= proof["seconds"]
-    [email] = _outbox(backup_env)
+    [email] = outbox_messages(backup_env)
     text = email.get_body(("plain",)).get_content()
     assert "Restore proof restored and compared in " in text
     assert "into a throwaway PostgreSQL" in text

@@ -10,8 +10,10 @@ import dagster as dg
 import pytest
 
 from backup_pipeline import layout
+from backup_pipeline.alerts import ALERT_TAG
 from backup_pipeline.definitions import build_defs
 from backup_pipeline.settings import load_settings
+from backup_pipeline_tests.helpers import run_backup
 from backup_pipeline_tests.smtp_server import start_smtp
 
 
@@ -102,7 +104,8 @@ def test_size_sensor_alerts_for_too_small_and_too_large(monitored, instance):
 
 def test_sensors_are_on_by_default():
     defs = build_defs(load_settings({}))
-    for name in ("backup_age_sensor", "backup_size_sensor", "backup_failure_alert_sensor"):
+    for name in ("backup_age_sensor", "backup_size_sensor", "backup_failure_alert_sensor",
+                 "undelivered_alert_sensor"):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
 
 
@@ -115,3 +118,25 @@ def test_an_alert_that_could_not_be_sent_is_tried_again(monitored, instance):
     assert "ALERT sent (ok)" in ticker.tick()
     assert "still open" in ticker.tick()
     assert len(smtp.recorder.messages) == 1
+
+
+def test_a_failure_alert_that_could_not_be_sent_is_sent_again_by_the_sensor(monitored, instance):
+    env, smtp = monitored
+    env = {**env, "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "1",
+           "BACKUP_DB_RETRY_BASE_SECONDS": "0.01"}
+    smtp.recorder.refuse = 100
+    result = run_backup(env, instance)
+    assert not result.success
+    run_id = result.run_id
+    assert instance.get_run_by_id(run_id).tags[ALERT_TAG] == "failed"
+    assert smtp.recorder.messages == []
+
+    ticker = Ticker(env, "undelivered_alert_sensor", instance)
+    assert f"alerts sent again: {run_id[:8]} still undelivered" in ticker.tick()
+    smtp.recorder.refuse = 0
+    assert f"alerts sent again: {run_id[:8]} sent" in ticker.tick()
+    assert ticker.tick() == "every failure alert was delivered"
+    [(_, message)] = smtp.recorder.messages
+    assert message["Subject"] == "URGENT: Smart AI Hub backup_job FAILED at database_export"
+    assert "could not connect to PostgreSQL" in message.get_body(("plain",)).get_content()
+    assert instance.get_run_by_id(run_id).tags[ALERT_TAG] == "sent"

@@ -24,6 +24,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from backup_pipeline import layout
+from backup_pipeline.run_monitoring import Heartbeat
 
 
 class DiskSpaceError(RuntimeError):
@@ -93,13 +94,18 @@ class BackupStorage(dg.ConfigurableResource):
 
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[BackupStorage]:
-        """Run-scoped: whatever the run staged is removed when it ends, failed or not."""
+        """Run-scoped: whatever the run staged is removed when it ends, failed or not, and while
+        it lasts the run's process beats, so that run monitoring can tell when it died (every
+        backup step uses this resource; see run_monitoring.py)."""
         self._run_id = context.run.run_id if context.run else None
-        try:
+        if self._run_id is None or context.instance is None:
             yield self
+            return
+        try:
+            with Heartbeat(context.instance, self._run_id):
+                yield self
         finally:
-            if self._run_id:
-                shutil.rmtree(self.staging_root / self._run_id, ignore_errors=True)
+            shutil.rmtree(self.staging_root / self._run_id, ignore_errors=True)
 
     @property
     def root(self) -> Path:
