@@ -3,7 +3,8 @@
 dagster.yaml attaches this handler to Dagster's logger, so every run's log lines (steps,
 warnings, errors with the failing step) also land in one plain text file, beside the Dagster UI.
 A log file that cannot be opened must not stop backups: the handler then says so once on stderr
-and writes nothing.
+and writes nothing. The log names the administrators and the errors of every run, so a file it
+creates is 0600 and a folder 0700, whatever the umask (under umask 000 they were 0666 and 0777).
 """
 
 from __future__ import annotations
@@ -16,6 +17,17 @@ from pathlib import Path
 DEFAULT_LOG_FILE = "/var/log/backup.log"
 
 
+def make_private_dirs(folder: Path) -> None:
+    """`mkdir -p` with every folder it creates 0700: Path.mkdir(parents=True) gives the parents
+    the umask's mode whatever `mode` says. Folders that exist keep theirs."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir(mode=0o700, exist_ok=True)
+
+
 class RunLogFileHandler(logging.Handler):
     def __init__(self, level: int | str = logging.INFO) -> None:
         super().__init__(level)
@@ -23,7 +35,9 @@ class RunLogFileHandler(logging.Handler):
         self.path = Path(os.environ.get("BACKUP_LOG_FILE") or DEFAULT_LOG_FILE)
         self._inner: logging.FileHandler | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)
+            # Created here with its mode: FileHandler's open() would make it 0666 minus umask.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
             self._inner = logging.FileHandler(self.path, encoding="utf-8")
             self._inner.setFormatter(self.formatter)
         except OSError as error:

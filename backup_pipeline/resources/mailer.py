@@ -7,16 +7,23 @@ try is written to the mail log: recipients, subject, size and outcome, never cre
 outcome is kept in BACKUP_DIR/.last_email.json, where `status` and `health-check` read it.
 
 Without SMTP_HOST (the quickstart's default) messages are written as .eml files to the outbox.
+
+A full disk is the day the email matters most and the day its files are most likely to fail, so
+`send` never raises for it: an outbox that cannot be written is a failed send, a mail log or
+record that cannot be written is a warning on the result. Every file is created with its mode
+(0600, folders 0700), whatever the umask: the log and the .eml files name the recipients, and an
+.eml may carry the archive.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import smtplib
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -26,16 +33,32 @@ import dagster as dg
 from pydantic import Field
 
 from backup_pipeline import layout
-from backup_pipeline.resources.storage import write_atomically
+from backup_pipeline.resources.storage import fsync_dir, write_atomically
+from backup_pipeline.run_log import make_private_dirs
+
+# What to do about a file that cannot be written, by errno; {folder} is where it goes.
+_WRITE_FIXES = {
+    errno.ENOSPC: "free some space (df -h {folder})",
+    errno.EDQUOT: "free some space or raise the quota of the user running Dagster (quota -v)",
+    errno.EACCES: "make {folder} writable by the user running Dagster (ls -ld {folder})",
+    errno.EPERM: "make {folder} writable by the user running Dagster (ls -ld {folder})",
+    errno.EROFS: "remount {folder}'s file system read-write",
+    errno.EFBIG: "raise the file size limit of the user running Dagster (ulimit -f)",
+}
 
 
 @dataclass(frozen=True)
 class SendResult:
+    """What became of one email. `warnings` name the bookkeeping (the mail log, the record in
+    .last_email.json) that could not be written: they never turn a delivered email into a
+    failed one, but the caller should show them, as nothing else on disk will."""
+
     ok: bool
     attempts: int
     transport: str
     error: str | None = None
     path: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 class Mailer(dg.ConfigurableResource):
@@ -72,37 +95,54 @@ class Mailer(dg.ConfigurableResource):
         return message
 
     def send(self, message: EmailMessage, kind: str) -> SendResult:
-        """Deliver `message`, retrying; the outcome is logged and recorded, never raised."""
+        """Deliver `message`, retrying; the outcome is returned, logged and recorded, never raised
+        for a delivery or disk error: a raising hook only logs HOOK_ERRORED, and the caller needs
+        the result to tag the run and to say what went wrong."""
+        data = message.as_bytes()
+        warnings: list[str] = []
         if not self.recipients:
             result = SendResult(False, 0, self.transport,
                                 "ADMIN_EMAILS is empty: nobody to send to")
-            self._record(message, kind, 0, result)
-            return result
-        data = message.as_bytes()
-        if not self.smtp_host:
-            path = self._write_outbox(message, kind, data)
-            result = SendResult(True, 1, self.transport, path=str(path))
-            self._log(message, kind, len(data), 1, 1, "written to " + str(path))
-            self._record(message, kind, len(data), result)
-            return result
+        elif not self.smtp_host:
+            result = self._send_to_outbox(message, kind, data, warnings)
+        else:
+            result = self._send_by_smtp(message, kind, len(data), warnings)
+        self._record(warnings, message, kind, len(data), result)
+        return replace(result, warnings=tuple(warnings))
+
+    def _send_to_outbox(self, message: EmailMessage, kind: str, data: bytes,
+                        warnings: list[str]) -> SendResult:
+        try:
+            path = self._write_outbox(kind, data)
+        except OSError as error:
+            outbox = Path(self.outbox_dir)
+            text = _write_failure(f"the outbox {outbox}", outbox, error,
+                                  "set BACKUP_OUTBOX_DIR to a folder elsewhere (or SMTP_HOST to "
+                                  "send by SMTP)")
+            self._log(warnings, message, kind, len(data), "1/1", f"FAILED {text}")
+            return SendResult(False, 1, self.transport, text)
+        self._log(warnings, message, kind, len(data), "1/1", f"written to {path}")
+        return SendResult(True, 1, self.transport, path=str(path))
+
+    def _send_by_smtp(self, message: EmailMessage, kind: str, size: int,
+                      warnings: list[str]) -> SendResult:
+        """Only the delivery is inside the retried `try`: a mail log that cannot be written
+        must not make a delivered email count as failed, nor send it again."""
         attempts = self.retries + 1
         error = None
         for attempt in range(1, attempts + 1):
             try:
                 self._deliver(message)
-            except (smtplib.SMTPException, OSError, ssl.SSLError) as failure:
+            except (smtplib.SMTPException, OSError) as failure:
                 error = f"{type(failure).__name__}: {_safe(failure)}"
-                self._log(message, kind, len(data), attempt, attempts, f"FAILED {error}")
+                self._log(warnings, message, kind, size, f"{attempt}/{attempts}",
+                          f"FAILED {error}")
                 if attempt < attempts:
                     time.sleep(self.retry_base_seconds * 2 ** (attempt - 1))
                 continue
-            self._log(message, kind, len(data), attempt, attempts, "sent")
-            result = SendResult(True, attempt, self.transport)
-            self._record(message, kind, len(data), result)
-            return result
-        result = SendResult(False, attempts, self.transport, error)
-        self._record(message, kind, len(data), result)
-        return result
+            self._log(warnings, message, kind, size, f"{attempt}/{attempts}", "sent")
+            return SendResult(True, attempt, self.transport)
+        return SendResult(False, attempts, self.transport, error)
 
     def _tls_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.ca_file or None)
@@ -123,31 +163,48 @@ class Mailer(dg.ConfigurableResource):
                 client.login(self.smtp_user, self.smtp_password or "")
             client.send_message(message)
 
-    def _write_outbox(self, message: EmailMessage, kind: str, data: bytes) -> Path:
+    def _write_outbox(self, kind: str, data: bytes) -> Path:
+        """Written under a temporary name, fsynced, then linked into place (never replacing a
+        file), so an .eml in the outbox is always whole: a full disk once left a 0-byte one."""
         outbox = Path(self.outbox_dir)
-        outbox.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(outbox)
         stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S_%f")
         path = outbox / f"{stamp}_{kind}.eml"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        tmp = outbox / f".{path.name}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(outbox)
         return path
 
-    def _log(self, message: EmailMessage, kind: str, size: int, attempt: int, attempts: int,
-             outcome: str) -> None:
-        log = Path(self.mail_log)
-        log.parent.mkdir(parents=True, exist_ok=True)
+    def _log(self, warnings: list[str], message: EmailMessage, kind: str, size: int,
+             attempt: str, outcome: str) -> None:
+        """One line per try, appended best-effort: a failure becomes a warning (once)."""
         line = (f"{datetime.now(UTC).isoformat(timespec='seconds')} kind={kind} "
                 f"to={','.join(self.recipients) or '-'} subject={json.dumps(message['Subject'])} "
-                f"bytes={size} attempt={attempt}/{attempts} via={self.transport} "
-                f"outcome={outcome}\n")
-        with log.open("a") as handle:
-            handle.write(line)
+                f"bytes={size} attempt={attempt} via={self.transport} outcome={outcome}\n")
+        log = Path(self.mail_log)
+        try:
+            make_private_dirs(log.parent)
+            _append(log, line.encode())
+        except OSError as error:
+            warning = _write_failure(f"the mail log {log}", log.parent, error,
+                                     "set BACKUP_MAIL_LOG to a file elsewhere")
+            if warning not in warnings:
+                warnings.append(warning)
 
-    def _record(self, message: EmailMessage, kind: str, size: int, result: SendResult) -> None:
+    def _record(self, warnings: list[str], message: EmailMessage, kind: str, size: int,
+                result: SendResult) -> None:
+        """.last_email.json, written best-effort: a failure becomes a warning."""
         folder = Path(self.status_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomically(folder / layout.LAST_EMAIL_FILE, json.dumps({
+        path = folder / layout.LAST_EMAIL_FILE
+        text = json.dumps({
             "kind": kind,
             "subject": message["Subject"],
             "recipients": self.recipients,
@@ -158,7 +215,42 @@ class Mailer(dg.ConfigurableResource):
             "transport": result.transport,
             "outbox_file": result.path,
             "at": datetime.now(UTC).isoformat(),
-        }, indent=2) + "\n", 0o644)
+        }, indent=2) + "\n"
+        try:
+            make_private_dirs(folder)
+            _replace_record(path, text)
+        except OSError as error:
+            warnings.append(_write_failure(f"the email record {path}", folder, error))
+
+
+def _replace_record(path: Path, text: str) -> None:
+    """On a full disk the new record has no room; the old one is then removed, since it would
+    keep saying the previous email's outcome, and the block it frees is tried once more."""
+    try:
+        write_atomically(path, text, 0o644)
+    except OSError:
+        path.unlink(missing_ok=True)
+        write_atomically(path, text, 0o644)
+
+
+def _append(log: Path, line: bytes) -> None:
+    """One write() with O_APPEND, so concurrent senders' lines do not interleave."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        written = os.write(fd, line)
+    finally:
+        os.close(fd)
+    if written < len(line):
+        raise OSError(errno.ENOSPC, f"only {written} of {len(line)} bytes written")
+
+
+def _write_failure(target: str, folder: Path, error: OSError, instead: str = "") -> str:
+    """The cause in words, on what, and what to do: "[Errno 28]" alone names neither the folder
+    nor the fix."""
+    cause = os.strerror(error.errno).lower() if error.errno else str(error)
+    fix = _WRITE_FIXES.get(error.errno or 0, "check it (ls -ld {folder}; df -h {folder})")
+    return f"{cause} writing {target}: {fix.format(folder=folder)}" + (
+        f", or {instead}" if instead else "")
 
 
 def _safe(error: BaseException) -> str:
