@@ -17,6 +17,8 @@ kept, and no other table is touched.
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import shutil
 import tempfile
@@ -37,7 +39,7 @@ from backup_pipeline.restore_checks import compare_content, invalid_constraints,
 from backup_pipeline.restore_load import LoadError, copy_rows, load_archive
 from backup_pipeline.restore_script import ManifestError
 from backup_pipeline.roles import Role
-from backup_pipeline.verify import VerificationReport, verify_archive
+from backup_pipeline.verify import VerificationReport, read_manifest, verify_archive
 
 Progress = Callable[[str], None]
 
@@ -465,6 +467,31 @@ def write_config(workdir: Path, manifest: dict, target: Path, progress: Progress
     return written
 
 
+def _extracted(archive: Path, workdir: Path, progress: Progress) -> dict:
+    """Verify and extract into `workdir` (in TMPDIR): a full TMPDIR is named, with the room the
+    archive needs, before it is filled if the manifest says so, or as soon as a write fails."""
+    listed = read_manifest(archive)
+    needed = sum(f["size"] for f in (listed or {}).get("files", [])
+                 if isinstance(f, dict) and isinstance(f.get("size"), int))
+    free = shutil.disk_usage(workdir).free
+    if needed > free:
+        raise RestoreError(_no_room(workdir, needed, free))
+    try:
+        manifest = verified(archive, progress, extract_to=workdir).manifest
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise RestoreError(_no_room(workdir, needed, shutil.disk_usage(workdir).free)) from None
+    assert manifest is not None
+    return manifest
+
+
+def _no_room(workdir: Path, needed: int, free: int) -> str:
+    return (f"no room to extract the archive in TMPDIR {workdir.parent}: it needs about "
+            f"{math.ceil(needed / 2**20)} MB, {free // 2**20} MB are free. Nothing was changed. "
+            f"Point TMPDIR at a folder with room: TMPDIR=/var/tmp backup-pipeline restore ...")
+
+
 def restore_archive(archive: Path, target_dsn: str, *, force: bool = False,
                     tables: list[str] | None = None, config_to: Path | None = None,
                     no_owner: bool = False, progress: Progress = print) -> RestoreReport:
@@ -474,8 +501,7 @@ def restore_archive(archive: Path, target_dsn: str, *, force: bool = False,
     report = RestoreReport(archive=archive, target=describe_target(target_dsn))
     with tempfile.TemporaryDirectory(prefix="backup_pipeline_restore_") as folder:
         workdir = Path(folder)
-        manifest = verified(archive, progress, extract_to=workdir).manifest
-        assert manifest is not None
+        manifest = _extracted(archive, workdir, progress)
         report.phases["verify_and_extract"] = round(time.monotonic() - started, 2)
         if tables:
             report.tables = partial_restore(workdir, target_dsn, manifest, tables, progress)

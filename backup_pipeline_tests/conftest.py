@@ -8,6 +8,7 @@ The sample data is generated once into a template; each test gets its own copy i
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -167,6 +168,24 @@ def throwaway_proof(backup_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
     """`backup_env` as a deployment has it by default: the proof starts its own server."""
     monkeypatch.delenv("BACKUP_DRILL_DSN")
     return {k: v for k, v in backup_env.items() if k != "BACKUP_DRILL_DSN"}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs, unmounted however the test ends."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a 64 KiB tmpfs for a real ENOSPC needs root (CI runs as root)")
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs CAP_SYS_ADMIN): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)]).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(mount)], check=True)
 
 
 @pytest.fixture

@@ -319,6 +319,8 @@ def test_a_killed_run_is_failed_alerted_and_the_queue_moves_on(stack, backup_env
     assert dead["status"] == "FAILURE" and after["status"] == "SUCCESS", stack.log("daemon")
     assert after["startTime"] >= dead["endTime"], "the queued run started beside a dead one"
     assert dead["endTime"] - dead["startTime"] < 60
+    # The queued run removed what the dead one had staged (its lock died with it).
+    assert not (Path(backup_env["BACKUP_DIR"]) / ".staging" / run_id).exists()
 
     def alerted():
         return [m for m in outbox_messages(backup_env) if run_id in plain_text(m)]

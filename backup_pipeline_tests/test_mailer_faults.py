@@ -11,7 +11,6 @@ import errno
 import json
 import logging
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,24 +24,6 @@ from backup_pipeline_tests.helpers import run_backup
 from backup_pipeline_tests.smtp_server import PASSWORD, USER, start_smtp
 
 ADMIN = "admin@example.com"
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs, unmounted however the test ends."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a 64 KiB tmpfs for a real ENOSPC needs root (CI runs as root)")
-    mount = tmp_path / "small_disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs CAP_SYS_ADMIN): {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        if subprocess.run(["umount", str(mount)]).returncode != 0:
-            subprocess.run(["umount", "--lazy", str(mount)], check=True)
 
 
 @pytest.fixture

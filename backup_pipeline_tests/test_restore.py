@@ -317,3 +317,15 @@ def test_a_crafted_archive_runs_nothing_it_holds(archive, server, scratch_db, tm
         assert "_schema_pre_data.sql line" in refused.stderr
         assert "do not use this archive" in refused.stderr.lower()
         assert not witness.exists()
+
+
+def test_a_restore_with_a_full_tmpdir_names_it_and_changes_nothing(archive, server, scratch_db,
+                                                                   small_disk):
+    done = subprocess.run([BACKUP_PIPELINE, "restore", str(archive), "--target",
+                           server.dsn(scratch_db)], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(small_disk)}, timeout=120)
+    assert done.returncode != 0
+    assert f"no room to extract the archive in TMPDIR {small_disk}: it needs about" in done.stderr
+    assert "Point TMPDIR at a folder with room" in done.stderr and "Traceback" not in done.stderr
+    assert scalar(server.dsn("postgres"), "SELECT count(*) FROM pg_database WHERE datname = %s",
+                  (scratch_db,)) == 0, "the restore created its database before it had room"

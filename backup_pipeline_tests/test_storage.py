@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from backup_pipeline import layout
+from backup_pipeline.health import collect_status
 from backup_pipeline.resources.storage import BackupStorage
+from backup_pipeline.settings import load_settings
 from backup_pipeline.verify import verify_archive
 from backup_pipeline_tests.helpers import BACKUP_PIPELINE, REPO, archives, run_backup
 
@@ -111,6 +113,12 @@ def test_a_failed_check_applies_no_retention_and_keeps_the_status(backup_env, in
     assert "outside BACKUP_MIN_SIZE_MB=0 .. BACKUP_MAX_SIZE_MB=0.001" in size_check.description
     assert old.exists()
     assert not (backup_dir / layout.LAST_SUCCESS_FILE).exists()
+    # The rule for a failure after publication: the file keeps its name (it is complete and
+    # verified) but nothing records it as a good backup, and status says so.
+    [new] = [p for p in archives(backup_dir) if p != old]
+    status = collect_status(load_settings(env))
+    assert status.newest_archive.name == new.name and status.newest_archive.verified is None
+    assert verify_archive(new).ok
 
 
 def _dagster_job_execute(env: dict[str, str], home: Path) -> subprocess.Popen:
@@ -173,3 +181,83 @@ def test_quickstart_refuses_a_folder_it_did_not_make(tmp_path):
     assert done.returncode == 2
     assert "refusing to use" in done.stderr
     assert (precious / "critical_backup_20260101_020000.tar.gz").read_text() == "real archive"
+
+
+def _staged_by(root: Path, run_id: str, locked: bool) -> subprocess.Popen | None:
+    """A staging folder and temporary archive as run `run_id` leaves them; with `locked`, a
+    live process holds the folder's lock as a running backup does."""
+    folder = root / layout.STAGING_DIR / run_id
+    folder.mkdir(parents=True)
+    (folder / "data.csv").write_bytes(b"x" * 50_000)
+    (root / f".critical_backup_20261201_020000.tar.gz.{run_id[:8]}.partial").write_bytes(
+        b"y" * 10_000)
+    (folder / ".lock").touch()
+    if not locked:
+        return None
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR);"
+         " fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+         str(folder / ".lock")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_leftovers_of_dead_runs_are_removed_and_a_live_runs_kept(tmp_path):
+    root = tmp_path / "backups"
+    live = _staged_by(root, "aaaaaaaa-live", locked=True)
+    try:
+        _staged_by(root, "bbbbbbbb-dead", locked=False)
+        freed = _storage(root).remove_leftovers()
+        assert freed == 60_000
+        assert sorted(p.name for p in (root / layout.STAGING_DIR).iterdir()) == ["aaaaaaaa-live"]
+        assert [p.name for p in root.glob("*.partial")] == [
+            ".critical_backup_20261201_020000.tar.gz.aaaaaaaa.partial"]
+    finally:
+        live.kill()
+        live.wait()
+    # Its process gone, the kernel dropped the lock: the next run removes its files too.
+    assert _storage(root).remove_leftovers() == 60_000
+    assert list((root / layout.STAGING_DIR).iterdir()) == [] and not list(root.glob("*.partial"))
+
+
+def _without_access(args: list[str], env: dict[str, str], folder: Path
+                    ) -> subprocess.CompletedProcess:
+    """`args` run by a user who may not enter `folder`. Root reads everything, so as root the
+    folder goes to the postgres user and the command runs without the capabilities that
+    override file modes; otherwise the folder is made 000."""
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+        args = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--",
+                *args]
+    else:
+        folder.chmod(0)
+    try:
+        return subprocess.run(args, env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=60)
+    finally:
+        if os.geteuid() == 0:
+            shutil.chown(folder, 0)
+        else:
+            folder.chmod(0o700)
+
+
+def test_a_backup_dir_the_user_cannot_use_is_named_with_its_owner_and_the_fix(tmp_path):
+    root = tmp_path / "backups"
+    root.mkdir(mode=0o700)
+    _archive_at(root, 1)
+    env = {"BACKUP_DIR": str(root), "BACKUP_CONFIG_DIR": str(tmp_path)}
+    done = _without_access([BACKUP_PIPELINE, "status"], env, root)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"NOT READABLE: BACKUP_DIR {root} cannot be read by uid" in done.stdout
+    done = _without_access([BACKUP_PIPELINE, "health-check"], env, root)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"UNHEALTHY: BACKUP_DIR {root} cannot be read by uid" in done.stdout
+
+    code = ("from backup_pipeline.resources.storage import BackupStorage; import sys; "
+            "BackupStorage(backup_dir=sys.argv[1]).ensure_root()")
+    done = _without_access([sys.executable, "-c", code, str(root)], env, root)
+    assert done.returncode == 1
+    assert (f"BackupDirAccessError: BACKUP_DIR {root} is not readable and writable by uid"
+            in done.stderr), done.stderr
+    assert f"chmod 700 {root}" in done.stderr

@@ -259,10 +259,13 @@ def build_backup_archive(settings: Settings) -> dg.AssetsDefinition:
                     f"the new archive failed verification and was discarded: {report.summary()}. "
                     f"Earlier archives are untouched."
                 )
-            final = storage.publish(partial, created_at)
+            # Everything that can fail is done before the archive gets its name: a file under
+            # its final name is complete and verified (a good backup once the status files name
+            # it; a later failure, such as the proof, leaves it there, not recorded).
             (staging / VERIFICATION_RECORD).write_text(json.dumps(
                 {"sha256": sha256, "found": report.found,
                  "files": [vars(check) for check in report.files.values()]}))
+            final = storage.publish(partial, created_at)
         finally:
             partial.unlink(missing_ok=True)
         size = final.stat().st_size

@@ -27,7 +27,7 @@ from backup_pipeline.assets.transactions import (
 from backup_pipeline.export_plan import ExportPlan, TableInfo, WindowedTable, build_plan
 from backup_pipeline.pg import COPY_BLOCK, CopyResult, HashingWriter
 from backup_pipeline.resources.postgres import PostgresResource, Snapshot
-from backup_pipeline.resources.storage import BackupStorage
+from backup_pipeline.resources.storage import BackupStorage, tree_bytes
 from backup_pipeline.roles import create_missing_roles_sql, database_locale, needed_roles
 from backup_pipeline.settings import Settings
 
@@ -308,8 +308,11 @@ def build_database_export(settings: Settings) -> dg.AssetsDefinition:
             plan = build_plan(snap.connection, settings, cutoff)
             snap.lock([t.identifier for t in plan.critical] + [w.table.identifier
                                                                for w in plan.windowed])
+            freed = storage.remove_leftovers()
+            if freed:
+                context.log.info(f"removed {freed // 1024} KiB left by runs that were killed")
             expected = plan.estimated_bytes()
-            free = storage.check_free_space(expected)
+            free = storage.check_free_space(expected, tree_bytes(settings.config_dir))
             context.log.info(
                 f"snapshot {snap.snapshot_id} of {postgres.describe()} (server "
                 f"{snap.server_version}, {pg_dump_version}); window from {cutoff.isoformat()}; "

@@ -14,6 +14,8 @@ import json
 import math
 import os
 import shutil
+import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +31,60 @@ from backup_pipeline.run_monitoring import Heartbeat
 
 class DiskSpaceError(RuntimeError):
     """Not enough free space in BACKUP_DIR for the expected backup."""
+
+
+class BackupDirAccessError(PermissionError):
+    """BACKUP_DIR cannot be created, read or written by the user the pipeline runs as."""
+
+    def __init__(self, root: Path, cause: OSError | None = None) -> None:
+        try:
+            info = root.stat()
+            found = f"owner uid {info.st_uid}, mode {info.st_mode & 0o777:04o}"
+        except OSError:
+            found = "it cannot even be examined"
+        super().__init__(
+            f"BACKUP_DIR {root} is not readable and writable by uid {os.getuid()} ({found}"
+            + (f"; {cause.strerror}: {cause.filename}" if cause else "") + "). Run the "
+            f"backup as the user that owns it, or give it to this one: chown {os.getuid()} "
+            f"{root} && chmod 700 {root}")
+
+
+STAGING_LOCK = ".lock"
+
+
+def _hold_lock(path: Path) -> int:
+    """An open descriptor holding an exclusive lock on `path`, for the life of the process."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _owner_alive(staging: Path) -> bool:
+    """Whether the run that made `staging` still holds its lock. A folder without a lock is
+    being made right now (or is older than the lock): kept for a day, as before."""
+    try:
+        fd = os.open(staging / STAGING_LOCK, os.O_RDWR)
+    except FileNotFoundError:
+        return time.time() - staging.stat().st_mtime < 24 * 3600
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def tree_bytes(folder: Path) -> int:
+    """The size of the regular files under `folder` (not following links), 0 when missing."""
+    total = 0
+    for path in folder.rglob("*") if folder.is_dir() else ():
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return total
 
 
 @dataclass(frozen=True)
@@ -91,6 +147,7 @@ class BackupStorage(dg.ConfigurableResource):
     outbox_dir: str | None = Field(default=None, description="BACKUP_OUTBOX_DIR")
 
     _run_id: str | None = PrivateAttr(default=None)
+    _staging_lock: int | None = PrivateAttr(default=None)
 
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[BackupStorage]:
@@ -106,6 +163,9 @@ class BackupStorage(dg.ConfigurableResource):
                 yield self
         finally:
             shutil.rmtree(self.staging_root / self._run_id, ignore_errors=True)
+            if self._staging_lock is not None:
+                os.close(self._staging_lock)
+                self._staging_lock = None
 
     @property
     def root(self) -> Path:
@@ -116,10 +176,16 @@ class BackupStorage(dg.ConfigurableResource):
         return self.root / layout.STAGING_DIR
 
     def ensure_root(self) -> Path:
-        """BACKUP_DIR exists and is private (0700): archives hold every user's data."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        if self.root.stat().st_mode & 0o077:
-            os.chmod(self.root, 0o700)
+        """BACKUP_DIR exists, is private (0700: archives hold every user's data) and is ours to
+        write: "Permission denied: '/backups'" alone says neither who nor what to do."""
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.root.stat().st_mode & 0o077:
+                os.chmod(self.root, 0o700)
+        except PermissionError as error:
+            raise BackupDirAccessError(self.root, error) from None
+        if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
+            raise BackupDirAccessError(self.root)
         return self.root
 
     def staging(self, run_id: str | None = None) -> Path:
@@ -131,24 +197,48 @@ class BackupStorage(dg.ConfigurableResource):
         self.staging_root.mkdir(mode=0o700, exist_ok=True)
         path = self.staging_root / run
         path.mkdir(mode=0o700, exist_ok=True)
+        if self._staging_lock is None and run == self._run_id:
+            self._staging_lock = _hold_lock(path / STAGING_LOCK)
         return path
 
-    def check_free_space(self, expected_bytes: int) -> int:
+    def check_free_space(self, expected_bytes: int, config_bytes: int = 0) -> int:
         """Fail early, saying how much is needed, when the backup cannot fit; returns free bytes."""
         self.ensure_root()
         free = shutil.disk_usage(self.root).free
         # Staged files plus the archive itself, at most the same size again, plus the reserve.
-        needed = 2 * expected_bytes + self.disk_reserve_mb * layout.MB
+        data = expected_bytes + config_bytes
+        needed = 2 * data + self.disk_reserve_mb * layout.MB
         if free < needed:
             raise DiskSpaceError(
                 f"not enough free disk in BACKUP_DIR {self.root}: the backup needs about "
                 f"{math.ceil(needed / layout.MB)} MB "
-                f"({math.ceil(expected_bytes / layout.MB)} MB of data staged "
+                f"({math.ceil(expected_bytes / layout.MB)} MB of data and "
+                f"{math.ceil(config_bytes / layout.MB)} MB of configuration, staged "
                 f"and archived, plus BACKUP_DISK_RESERVE_MB={self.disk_reserve_mb}) but only "
                 f"{free // layout.MB} MB are free. Free space by hand (df -h {self.root}; move old "
                 f"archives elsewhere), then run the backup again."
             )
         return free
+
+    def remove_leftovers(self) -> int:
+        """Staging folders and temporary archives of runs that ended without cleaning up (a
+        killed run leaves them), removed before the disk estimate so that a few killed runs do
+        not fill BACKUP_DIR. A run holds a lock on its staging folder while it lives, and the
+        kernel drops it when the process dies, whichever Dagster instance ran it: a folder whose
+        lock can be taken is a dead run's. Returns the bytes freed."""
+        freed, alive = 0, set()
+        for path in self.staging_root.iterdir() if self.staging_root.is_dir() else ():
+            if path.name == self._run_id or _owner_alive(path):
+                alive.add(path.name[:8])
+                continue
+            freed += tree_bytes(path)
+            shutil.rmtree(path, ignore_errors=True)
+        for path in self.root.glob(f".{layout.ARCHIVE_PREFIX}*{layout.PARTIAL_SUFFIX}"):
+            owner = path.name.removesuffix(layout.PARTIAL_SUFFIX).rsplit(".", 1)[-1]
+            if owner not in alive and path.is_file():
+                freed += path.stat().st_size
+                path.unlink(missing_ok=True)
+        return freed
 
     def partial_path(self, name: str, run_id: str) -> Path:
         return self.root / f".{name}.{run_id[:8]}{layout.PARTIAL_SUFFIX}"
