@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,13 @@ DEFAULT_CONFIG_FILES = (".env.production", "docker-compose.prod.yml", "nginx.pro
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_$]*"
 _TABLE_NAME = re.compile(rf"^{_IDENTIFIER}(\.{_IDENTIFIER})?$")
 _COLUMN_NAME = re.compile(rf"^{_IDENTIFIER}$")
+# What a number setting may look like: ASCII decimals. float() alone also takes 'nan', 'inf',
+# 'infinity', '1_000' and digits of other scripts; int() takes '١٢' and '1_000'.
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,18}")
+_DECIMAL_NUMBER = re.compile(r"[+-]?(?:[0-9]{1,18}(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
+# Sizes in MB stop at a petabyte: more than any archive or disk (10**9 is how the tests say
+# "more than the disk has"), and a bound, so that no size can be infinite.
+_MAX_MB = 1_000_000_000
 
 
 class SettingsError(ValueError):
@@ -99,31 +107,48 @@ class Settings:
 
 
 def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    """The value of `name`, trimmed, or `default`: the one place every setting is read.
+
+    Every setting is one line: each ends up in an email header (a newline in SMTP_FROM made
+    every email fail with "Header values may not contain linefeed"), a URL, a path, a log line
+    or a command line. The value is not echoed: BACKUP_DRILL_DSN may hold a password.
+    """
     value = env.get(name, "").strip()
+    for position, char in enumerate(value, start=1):
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            raise SettingsError(
+                f"{name} contains a line break or another control character ({char!r} at "
+                f"character {position}): a setting is one line of text. Remove it where {name} "
+                f"is set (often a value pasted with its line break, or a quote left open in "
+                f".env.production)."
+            )
     return value or default
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, kind: type, low: float,
-            high: float | None, meaning: str) -> float:
-    raw = env.get(name, "").strip()
+            high: float, meaning: str) -> float:
+    """A number within [low, high]: finite by construction, as every range is bounded."""
+    raw = _text(env, name, "")
     if not raw:
         return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = None
-    if value is None or value < low or (high is not None and value > high):
-        allowed = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+    pattern = _WHOLE_NUMBER if kind is int else _DECIMAL_NUMBER
+    value = kind(raw) if pattern.fullmatch(raw) else None
+    if value is None or not low <= value <= high:  # written so that NaN fails too
         noun = "a whole number" if kind is int else "a number"
         raise SettingsError(
-            f"{name}={raw!r} is not valid: expected {noun} {allowed} ({meaning}; "
-            f"default {default:g})."
+            f"{name}={raw!r} is not valid: expected {noun} from {_plain(low)} to {_plain(high)} "
+            f"({meaning}; default {_plain(default)})."
         )
     return value
 
 
+def _plain(number: float) -> str:
+    """10000000 rather than :g's 1e+07, so the range reads as the value to type."""
+    return f"{number:.0f}" if float(number).is_integer() else f"{number:g}"
+
+
 def _names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    raw = env.get(name, "").strip()
+    raw = _text(env, name, "")
     if not raw:
         return default
     items = tuple(item.strip() for item in raw.split(",") if item.strip())
@@ -144,7 +169,7 @@ def _names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple
 def _transaction_tables(env: Mapping[str, str]) -> tuple[TransactionTable, ...]:
     """Parse `table[:timestamp_column]` entries, e.g. `purchases,audit_trail:occurred_at`."""
     name = "BACKUP_TRANSACTION_TABLES"
-    raw = env.get(name, "").strip()
+    raw = _text(env, name, "")
     if not raw:
         return tuple(TransactionTable(t) for t in DEFAULT_TRANSACTION_TABLES)
     tables = []
@@ -168,7 +193,7 @@ def _transaction_tables(env: Mapping[str, str]) -> tuple[TransactionTable, ...]:
 
 def _config_files(env: Mapping[str, str]) -> tuple[str, ...]:
     name = "BACKUP_CONFIG_FILES"
-    raw = env.get(name, "").strip()
+    raw = _text(env, name, "")
     if not raw:
         return DEFAULT_CONFIG_FILES
     items = tuple(i.strip() for i in raw.split(",") if i.strip())
@@ -182,20 +207,27 @@ def _config_files(env: Mapping[str, str]) -> tuple[str, ...]:
     return items
 
 
+def _require_http(name: str, url: str | None, example: str) -> None:
+    """The base of the links in emails: a link without a scheme is not clickable."""
+    if url and not url.startswith(("http://", "https://")):
+        raise SettingsError(f"{name}={url!r} must start with http:// or https://, e.g. "
+                            f"{example}.")
+
+
 _EMAIL = re.compile(r"^[^@\s,<>]+@[^@\s,<>]+$")
 SMTP_SECURITY_CHOICES = ("starttls", "ssl", "none")
 
 
 def _mail_settings(env: Mapping[str, str], backup_dir: Path) -> dict:
     """ADMIN_EMAILS, the seeds' SMTP_* variables, the outbox, the download link."""
-    admins = tuple(a.strip() for a in env.get("ADMIN_EMAILS", "").split(",") if a.strip())
+    admins = tuple(a.strip() for a in _text(env, "ADMIN_EMAILS", "").split(",") if a.strip())
     for address in admins:
         if not _EMAIL.match(address):
             raise SettingsError(
                 f"ADMIN_EMAILS lists {address!r}, which is not an email address: use "
                 f"comma-separated addresses, e.g. admin1@example.com,admin2@example.com."
             )
-    host = env.get("SMTP_HOST", "").strip() or None
+    host = _text(env, "SMTP_HOST", "") or None
     if host and not admins:
         raise SettingsError(
             "SMTP_HOST is set but ADMIN_EMAILS is empty: nobody would receive backups or alerts. "
@@ -209,15 +241,15 @@ def _mail_settings(env: Mapping[str, str], backup_dir: Path) -> dict:
             f"SMTP_SECURITY={security!r} is not valid: use starttls (port 587), ssl (implicit "
             f"TLS, port 465) or, only on purpose for a trusted relay, none."
         )
-    ca_text = env.get("SMTP_CA_FILE", "").strip()
+    ca_text = _text(env, "SMTP_CA_FILE", "")
     if ca_text and not Path(ca_text).is_file():
         raise SettingsError(f"SMTP_CA_FILE={ca_text!r} does not exist: name the PEM file of the "
                             f"CA that signed the SMTP server's certificate, or leave it unset.")
-    user = env.get("SMTP_USER", "").strip() or None
-    base_url = env.get("BACKUP_DOWNLOAD_BASE_URL", "").strip().rstrip("/") or None
-    if base_url and not base_url.startswith(("http://", "https://")):
-        raise SettingsError(f"BACKUP_DOWNLOAD_BASE_URL={base_url!r} must start with http:// or "
-                            f"https://, e.g. https://backups.example.com.")
+    user = _text(env, "SMTP_USER", "") or None
+    base_url = _text(env, "BACKUP_DOWNLOAD_BASE_URL", "").rstrip("/") or None
+    _require_http("BACKUP_DOWNLOAD_BASE_URL", base_url, "https://backups.example.com")
+    ui_url = _text(env, "DAGSTER_UI_URL", "http://localhost:3000").rstrip("/")
+    _require_http("DAGSTER_UI_URL", ui_url, "https://dagster.example.com")
     return {
         "admin_emails": admins,
         "smtp_host": host,
@@ -226,7 +258,7 @@ def _mail_settings(env: Mapping[str, str], backup_dir: Path) -> dict:
         "smtp_from": _text(env, "SMTP_FROM", user or "backup@localhost"),
         "smtp_security": security,
         "smtp_ca_file": Path(ca_text) if ca_text else None,
-        "email_max_mb": _number(env, "BACKUP_EMAIL_MAX_MB", 25.0, kind=float, low=0, high=None,
+        "email_max_mb": _number(env, "BACKUP_EMAIL_MAX_MB", 25.0, kind=float, low=0, high=1000,
                                 meaning="largest email, attachment encoded, in MB"),
         "email_retry_base_seconds": _number(
             env, "BACKUP_EMAIL_RETRY_BASE_SECONDS", 5.0, kind=float, low=0, high=600,
@@ -236,7 +268,7 @@ def _mail_settings(env: Mapping[str, str], backup_dir: Path) -> dict:
         "download_base_url": base_url,
         "link_ttl_hours": _number(env, "BACKUP_LINK_TTL_HOURS", 72.0, kind=float, low=0.01,
                                   high=24 * 365, meaning="how long a download link works"),
-        "dagster_ui_url": _text(env, "DAGSTER_UI_URL", "http://localhost:3000").rstrip("/"),
+        "dagster_ui_url": ui_url,
     }
 
 
@@ -263,9 +295,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"{', '.join(both)} is listed in both BACKUP_TABLES and BACKUP_TRANSACTION_TABLES: "
             f"a table is either backed up whole or by its recent window, not both."
         )
-    min_size = _number(env, "BACKUP_MIN_SIZE_MB", 1.0, kind=float, low=0, high=None,
+    min_size = _number(env, "BACKUP_MIN_SIZE_MB", 1.0, kind=float, low=0, high=_MAX_MB,
                        meaning="smallest normal archive size in MB")
-    max_size = _number(env, "BACKUP_MAX_SIZE_MB", 100.0, kind=float, low=0, high=None,
+    max_size = _number(env, "BACKUP_MAX_SIZE_MB", 100.0, kind=float, low=0, high=_MAX_MB,
                        meaning="largest normal archive size in MB")
     if max_size <= min_size:
         raise SettingsError(
@@ -297,7 +329,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"BACKUP_DRILL_SCHEDULE={drill_schedule!r} is not a valid cron expression: use five "
             f"fields, e.g. '0 4 * * 0' for Sundays at 04:00."
         )
-    pg_bindir_text = env.get("BACKUP_PG_BINDIR", "").strip()
+    pg_bindir_text = _text(env, "BACKUP_PG_BINDIR", "")
     pg_bindir = Path(pg_bindir_text) if pg_bindir_text else None
     if pg_bindir is not None and not (pg_bindir / "pg_dump").is_file():
         raise SettingsError(
@@ -337,15 +369,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         db_retry_base_seconds=_number(env, "BACKUP_DB_RETRY_BASE_SECONDS", 2.0, kind=float, low=0,
                                       high=300, meaning="first retry delay, doubled each time"),
         disk_reserve_mb=int(_number(env, "BACKUP_DISK_RESERVE_MB", 100, kind=int, low=0,
-                                    high=None, meaning="free space kept beyond the backup")),
+                                    high=_MAX_MB, meaning="free space kept beyond the backup")),
         lock_timeout_seconds=int(_number(env, "BACKUP_LOCK_TIMEOUT_SECONDS", 60, kind=int, low=1,
                                          high=3600, meaning="wait for a table lock at most")),
         pg_bindir=pg_bindir,
         max_age_hours=_number(env, "BACKUP_MAX_AGE_HOURS", 25.0, kind=float, low=1, high=24 * 365,
                               meaning="age after which the newest backup is overdue"),
         min_free_disk_mb=int(_number(env, "BACKUP_MIN_FREE_DISK_MB", 500, kind=int, low=0,
-                                     high=None, meaning="free space in BACKUP_DIR for health")),
-        drill_dsn=env.get("BACKUP_DRILL_DSN", "").strip() or None,
+                                     high=_MAX_MB, meaning="free space in BACKUP_DIR for health")),
+        drill_dsn=_text(env, "BACKUP_DRILL_DSN", "") or None,
         drill_schedule=drill_schedule,
         restore_proof=_restore_proof(env),
         **mail,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from backup_pipeline.settings import SettingsError, TransactionTable, load_settings
@@ -71,3 +73,129 @@ def test_invalid_settings_name_the_variable(env, expected):
     with pytest.raises(SettingsError) as error:
         load_settings(env)
     assert expected in str(error.value)
+
+
+# Every number setting, with a valid value to put next to a broken one.
+DECIMAL_SETTINGS = ["BACKUP_MAX_AGE_HOURS", "BACKUP_MIN_SIZE_MB", "BACKUP_MAX_SIZE_MB",
+                    "BACKUP_LINK_TTL_HOURS", "BACKUP_EMAIL_RETRY_BASE_SECONDS",
+                    "BACKUP_DB_RETRY_BASE_SECONDS", "BACKUP_EMAIL_MAX_MB"]
+WHOLE_NUMBER_SETTINGS = ["POSTGRES_PORT", "SMTP_PORT", "BACKUP_TRANSACTION_MONTHS",
+                         "BACKUP_RETENTION_DAYS", "BACKUP_RETENTION_MIN_COUNT",
+                         "BACKUP_DB_CONNECT_RETRIES", "BACKUP_DISK_RESERVE_MB",
+                         "BACKUP_LOCK_TIMEOUT_SECONDS", "BACKUP_MIN_FREE_DISK_MB"]
+
+
+@pytest.mark.parametrize("name", DECIMAL_SETTINGS + WHOLE_NUMBER_SETTINGS)
+@pytest.mark.parametrize("value", [
+    "nan", "NaN", "inf", "-inf", "Infinity",  # float() takes them all
+    "1e999",  # float() makes it inf
+    pytest.param("9" * 5000, id="5000 nines"),  # inf to float(), past int()'s 4300 digits
+    "1_0",  # float() and int() read 10
+    "\u0663", "\uff15",  # an Arabic-Indic 3 and a fullwidth 5: int() and float() read them
+])
+def test_a_number_setting_must_be_a_finite_plain_number(name, value):
+    """BACKUP_MAX_AGE_HOURS=nan made a 100 h old backup "healthy": every comparison with NaN
+    is false, so no bound ever refused it."""
+    with pytest.raises(SettingsError) as error:
+        load_settings({name: value})
+    message = str(error.value)
+    assert message.startswith(f"{name}={value!r} is not valid: expected ")
+    assert re.search(r"a (whole )?number from [0-9.]+ to [0-9.]+ \(.*; default [0-9.]+\)\.$",
+                     message), message
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"BACKUP_MIN_SIZE_MB": "1000000001"},
+     "BACKUP_MIN_SIZE_MB='1000000001' is not valid: expected a number from 0 to 1000000000 ("),
+    ({"BACKUP_MAX_SIZE_MB": "1e10"},
+     "BACKUP_MAX_SIZE_MB='1e10' is not valid: expected a number from 0 to 1000000000 ("),
+    ({"BACKUP_EMAIL_MAX_MB": "1001"},
+     "BACKUP_EMAIL_MAX_MB='1001' is not valid: expected a number from 0 to 1000 ("),
+    ({"BACKUP_DISK_RESERVE_MB": "1000000001"},
+     "BACKUP_DISK_RESERVE_MB='1000000001' is not valid: expected a whole number from 0 to "),
+    ({"BACKUP_MIN_FREE_DISK_MB": "99999999999"},
+     "BACKUP_MIN_FREE_DISK_MB='99999999999' is not valid: expected a whole number from 0 to "),
+    ({"BACKUP_LINK_TTL_HOURS": "0"},
+     "expected a number from 0.01 to 8760 (how long a download link works; default 72)."),
+])
+def test_every_number_setting_has_an_upper_bound(env, expected):
+    with pytest.raises(SettingsError) as error:
+        load_settings(env)
+    assert expected in str(error.value)
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("BACKUP_MAX_AGE_HOURS", "36.5", 36.5),
+    ("BACKUP_LINK_TTL_HOURS", ".5", 0.5),
+    ("BACKUP_EMAIL_MAX_MB", "0.05", 0.05),
+    ("BACKUP_DB_RETRY_BASE_SECONDS", "1e-2", 0.01),
+    ("BACKUP_MAX_SIZE_MB", "1000000000", 1_000_000_000),
+    ("POSTGRES_PORT", "05432", 5432),
+    ("BACKUP_DB_CONNECT_RETRIES", "0", 0),
+])
+def test_plain_numbers_still_parse(name, value, expected):
+    field = {"POSTGRES_PORT": "postgres_port", "BACKUP_DB_CONNECT_RETRIES": "db_connect_retries",
+             "BACKUP_MAX_AGE_HOURS": "max_age_hours", "BACKUP_LINK_TTL_HOURS": "link_ttl_hours",
+             "BACKUP_EMAIL_MAX_MB": "email_max_mb", "BACKUP_MAX_SIZE_MB": "max_size_mb",
+             "BACKUP_DB_RETRY_BASE_SECONDS": "db_retry_base_seconds"}[name]
+    assert getattr(load_settings({name: value}), field) == expected
+
+
+# Each one-line setting with a valid value; "{c}" is where the control character goes.
+ONE_LINE_SETTINGS = {
+    "SMTP_FROM": "backup@example.com{c}Bcc: someone@example.net",
+    "ADMIN_EMAILS": "admin1@example.com,{c}admin2@example.com",
+    "SMTP_HOST": "smtp{c}.example.com",
+    "SMTP_USER": "backup{c}user",
+    "DAGSTER_UI_URL": "https://dagster.example.com/{c}x",
+    "BACKUP_DOWNLOAD_BASE_URL": "https://backups.example.com{c}x",
+    "POSTGRES_HOST": "db{c}.example.com",
+    "POSTGRES_DB": "smart{c}_ai_hub",
+    "POSTGRES_USER": "post{c}gres",
+    "BACKUP_DIR": "/backups{c}x",
+    "BACKUP_CONFIG_DIR": "/config{c}x",
+    "BACKUP_OUTBOX_DIR": "/backups/outbox{c}x",
+    "BACKUP_MAIL_LOG": "/backups/mail{c}.log",
+    "BACKUP_DRILL_DSN": "host=drill password=s3cret{c}dbname=drill",
+    "BACKUP_TIMEZONE": "Asia/{c}Bangkok",
+    "BACKUP_CONFIG_FILES": ".env.production,{c}ssl/",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONE_LINE_SETTINGS))
+def test_a_line_break_inside_a_setting_is_refused(name):
+    """A newline in SMTP_FROM made every email fail with "Header values may not contain
+    linefeed"; in the others it splits a URL, a path, a log line or a header just as well."""
+    value = ONE_LINE_SETTINGS[name].format(c="\n")
+    with pytest.raises(SettingsError) as error:
+        load_settings({name: value})
+    message = str(error.value)
+    assert message.startswith(f"{name} contains a line break or another control character "
+                              f"('\\n' at character ")
+    assert "one line of text" in message
+    assert "s3cret" not in message  # the value is not echoed: a DSN holds a password
+
+
+@pytest.mark.parametrize("char", ["\r", "\r\n", "\x00", "\t", "\x1b", "\x7f", "\x85", "\u2028"])
+def test_smtp_from_refuses_every_control_character(char):
+    with pytest.raises(SettingsError) as error:
+        load_settings({"SMTP_FROM": f"Backups{char}<backup@example.com>"})
+    assert str(error.value).startswith(f"SMTP_FROM contains a line break or another control "
+                                       f"character ({char[0]!r} at character 8)")
+
+
+def test_surrounding_whitespace_and_a_display_name_are_still_fine():
+    """A value pasted with its line ending (or written by a Windows editor) is trimmed."""
+    settings = load_settings({"SMTP_FROM": "Backups <backup@example.com>\r\n",
+                              "ADMIN_EMAILS": " admin1@example.com , admin2@example.com\n"})
+    assert settings.smtp_from == "Backups <backup@example.com>"
+    assert settings.admin_emails == ("admin1@example.com", "admin2@example.com")
+
+
+def test_dagster_ui_url_needs_a_scheme_like_the_download_url():
+    with pytest.raises(SettingsError) as error:
+        load_settings({"DAGSTER_UI_URL": "dagster.example.com"})
+    assert str(error.value) == ("DAGSTER_UI_URL='dagster.example.com' must start with http:// "
+                                "or https://, e.g. https://dagster.example.com.")
+    assert load_settings({"DAGSTER_UI_URL": "https://d.example.com/"}).dagster_ui_url == \
+        "https://d.example.com"
