@@ -121,7 +121,8 @@ def build_hooks(settings: Settings) -> tuple[dg.HookDefinition, dg.HookDefinitio
         started = record.start_time if record and record.start_time else None
         manifest = read_manifest(archive)
         if manifest is None:
-            raise RuntimeError(f"{archive} has no readable manifest.json: no success email")
+            raise RuntimeError(f"{archive} has no readable manifest.json: no success email "
+                               f"(backup-pipeline verify {archive} says why)")
         summary = summary_from_manifest(
             manifest, archive, metadata["bytes"].value,
             metadata["sha256"].value, time.time() - started if started else None,

@@ -51,6 +51,19 @@ MANIFEST_FORMAT = 2
 # the sample data: benchmarks/run.py and the README's performance section).
 GZIP_LEVEL = 3
 MB = 1024 * 1024
+# The largest manifest.json and BACKUP_INFO.txt verification accepts. It parses the manifest in
+# memory, and 2 MB of gzip can hold 2 GB of whitespace: a larger manifest is refused unread.
+# Measured on the sample: about 600 bytes per table and its file, plus 42 per 30-character column,
+# so 64 MB holds 50,000 tables of 20 columns (10,000 of 150), where a database of a few thousand
+# tables needs a few MB. BACKUP_INFO.txt is only hashed, as it streams, but people read it whole
+# and it takes less than half a manifest's bytes per table (a listing line and a term of the count
+# query): one larger than half the manifest's cap was not made by this pipeline.
+MANIFEST_MAX_BYTES = 64 * MB
+BACKUP_INFO_MAX_BYTES = 32 * MB
+# The largest schema or sequence file: the restore reads each whole (restore_load.py), so it is
+# checked when the archive is verified, not found too large on restore night. The sample's
+# pre-data schema takes about 900 bytes per table: 256 MB holds some 250,000 tables.
+SCHEMA_MAX_BYTES = 256 * MB
 # The last line of a per-table data file, with its row count: a truncated dump lacks it.
 END_OF_DATA = "-- end of data: "
 

@@ -34,6 +34,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from backup_pipeline import layout
 from backup_pipeline.export_plan import table_source
+from backup_pipeline.files import make_private_dirs
 from backup_pipeline.pg import reader_settings
 from backup_pipeline.restore_checks import compare_content, invalid_constraints, sequences_behind
 from backup_pipeline.restore_load import LoadError, copy_rows, load_archive
@@ -456,7 +457,7 @@ def write_config(workdir: Path, manifest: dict, target: Path, progress: Progress
         if not entry["path"].startswith(prefix) or ".." in relative.parts:
             continue
         destination = target.joinpath(*relative.parts[1:])
-        destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(destination.parent)
         fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as out, (workdir / entry["path"]).open("rb") as source:
             shutil.copyfileobj(source, out)

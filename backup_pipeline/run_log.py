@@ -14,18 +14,9 @@ import os
 import sys
 from pathlib import Path
 
+from backup_pipeline.files import make_private_dirs
+
 DEFAULT_LOG_FILE = "/var/log/backup.log"
-
-
-def make_private_dirs(folder: Path) -> None:
-    """`mkdir -p` with every folder it creates 0700: Path.mkdir(parents=True) gives the parents
-    the umask's mode whatever `mode` says. Folders that exist keep theirs."""
-    missing = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    for path in reversed(missing):
-        path.mkdir(mode=0o700, exist_ok=True)
 
 
 class RunLogFileHandler(logging.Handler):

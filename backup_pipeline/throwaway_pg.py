@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backup_pipeline.files import make_private_dirs, write_private_text
+
 SERVER_USER = "postgres"
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 DATA_DIR = "data"
@@ -241,7 +243,8 @@ def _process_start(pid: int) -> int | None:
 
 def _write_owner(base: Path) -> None:
     pid = os.getpid()
-    (base / OWNER_FILE).write_text(json.dumps({"pid": pid, "start_time": _process_start(pid)}))
+    write_private_text(base / OWNER_FILE,
+                       json.dumps({"pid": pid, "start_time": _process_start(pid)}))
 
 
 def _owner_alive(base: Path) -> bool | None:
@@ -257,7 +260,7 @@ def _owner_alive(base: Path) -> bool | None:
 def _initdb(cluster: LocalCluster, account: pwd.struct_passwd | None) -> None:
     """Create the data folder; the password goes through a file, never through argv."""
     pwfile = cluster.base / "pwfile"
-    pwfile.write_text(cluster.password + "\n")
+    write_private_text(pwfile, cluster.password + "\n")
     if account is not None:
         os.chown(pwfile, account.pw_uid, account.pw_gid)
     try:
@@ -310,7 +313,8 @@ def _spawn_postmaster(cluster: LocalCluster, settings: dict[str, str],
     command = [str(cluster.bindir / "postgres"), "-D", str(cluster.data_dir)]
     for name, value in settings.items():
         command += ["-c", f"{name}={value}"]
-    with (cluster.base / LOG_FILE).open("ab") as log:
+    log_path = cluster.base / LOG_FILE
+    with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
         return _spawner(parent).submit(
             subprocess.Popen, command, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, cwd="/", preexec_fn=die_with_parent,
@@ -343,7 +347,7 @@ def start_cluster(base: Path | None = None, settings: dict[str, str] | None = No
     bindir = server_bindir(major)
     account = _server_account()
     base = Path(base or tempfile.mkdtemp(prefix=prefix))
-    base.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(base)
     _write_owner(base)
     if account is not None:
         os.chown(base, account.pw_uid, account.pw_gid)

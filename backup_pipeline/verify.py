@@ -4,7 +4,10 @@ One streaming pass over the archive checks the gzip stream (to its CRC), the tar
 member could escape the folder it is extracted into, every file against the manifest's size and
 SHA-256, that nothing unexpected is inside, and that every dump is readable: SQL dumps are
 complete and hold as many rows as the manifest says, CSV files parse with the expected header and
-row count. Memory stays flat: files are hashed and parsed as they stream.
+row count. Memory stays flat: files are hashed and parsed as they stream, and the one member
+read whole, the manifest, is refused unread when it is larger than its cap (layout.py). The
+members others read whole (BACKUP_INFO.txt, and the schema files the restore loads) are held to
+their caps too, as they stream.
 """
 
 from __future__ import annotations
@@ -27,6 +30,17 @@ from backup_pipeline import layout
 from backup_pipeline.pg import PG_DUMP_COMPLETE
 
 CHUNK = 1 << 20
+# What parsing keeps of a dump's or a CSV's start to find its first line: the COPY line or the
+# header of a table of 1,600 columns of 63-byte names is about 200 kB.
+FIRST_LINE_MAX = CHUNK
+# The members something reads whole (this module, people, the restore), and the name of their cap
+# in layout.py.
+_CAPS = {
+    layout.MANIFEST: (layout.MANIFEST_MAX_BYTES, "MANIFEST_MAX_BYTES"),
+    layout.BACKUP_INFO: (layout.BACKUP_INFO_MAX_BYTES, "BACKUP_INFO_MAX_BYTES"),
+    **{path: (layout.SCHEMA_MAX_BYTES, "SCHEMA_MAX_BYTES")
+       for path in (layout.SCHEMA_PRE_DATA, layout.SEQUENCES, layout.SCHEMA_POST_DATA)},
+}
 
 
 @dataclass
@@ -122,6 +136,45 @@ class _ForwardReader:
         return self._position
 
 
+class MemberTooLarge(ValueError):
+    """A member is larger than its cap: whatever it holds, it is not one this pipeline wrote."""
+
+
+def _too_large(name: str, size: str, cap: int, cap_name: str) -> str:
+    cap_text = f"{cap // layout.MB} MB" if cap % layout.MB == 0 else f"{cap:,} bytes"
+    return (f"{name} is {size}, more than the {cap_text} cap of {cap_name} in "
+            f"backup_pipeline/layout.py: refusing the archive. A backup this pipeline made stays "
+            f"far below it: this archive is damaged or was not made by it; use another one (a "
+            f"database that really needs more must raise the cap).")
+
+
+def read_capped(member: tarfile.TarInfo, stream: io.RawIOBase | io.BufferedIOBase, cap: int,
+                cap_name: str) -> bytes:
+    """All of a member that is parsed in memory, or MemberTooLarge. Its header's size is checked
+    before anything is read, and the read stops one byte past the cap, should the data run
+    longer than the header said. It reads in blocks: one read(cap + 1) would allocate the whole
+    cap up front, for a manifest of a few kB."""
+    if member.size > cap:
+        raise MemberTooLarge(_too_large(member.name, f"{member.size:,} bytes", cap, cap_name))
+    blocks, size = [], 0
+    while size <= cap and (block := stream.read(min(CHUNK, cap + 1 - size))):
+        blocks.append(block)
+        size += len(block)
+    if size > cap:
+        raise MemberTooLarge(_too_large(member.name, f"more than {cap:,} bytes", cap,
+                                        cap_name))
+    return b"".join(blocks)
+
+
+def _parse_manifest(data: bytes) -> dict:
+    """The manifest's JSON; ValueError also for nesting too deep for the parser (a few hundred
+    kB of '[' would otherwise crash the verification instead of failing it)."""
+    try:
+        return json.loads(data)
+    except RecursionError as error:
+        raise ValueError(f"it nests deeper than {layout.MANIFEST} ever does ({error})") from None
+
+
 def unsafe_member_reason(member: tarfile.TarInfo) -> str | None:
     """Why extracting `member` would be unsafe, or None: only plain files and folders inside."""
     path = PurePosixPath(member.name)
@@ -144,6 +197,9 @@ def _check_sql_data(stream: io.BufferedReader, rows: int | None) -> str | None:
     """
     head = b""
     while b"FROM stdin;\n" not in head:
+        if len(head) >= FIRST_LINE_MAX:
+            return (f"it has no COPY ... FROM stdin; line in its first {FIRST_LINE_MAX:,} "
+                    f"bytes: it is not a table's data file")
         block = stream.read(CHUNK)
         if not block:
             return "it has no COPY ... FROM stdin; line: the dump is truncated"
@@ -185,7 +241,10 @@ class CsvRows:
     a block has an even number of quotes, no newline is inside quotes and every one ends a row:
     deleting all other bytes and then every pair of quotes leaves no quote. Otherwise the block
     is split on quotes and the newlines in the quoted parts are not counted. Both are a few
-    string methods per megabyte, never a step per row.
+    string methods per megabyte, never a step per row. Both also hold for a block cut anywhere,
+    which is how a block without a newline is counted: a row longer than a block (a large text
+    value) is never gathered in memory, and only the first FIRST_LINE_MAX bytes are kept, for
+    the header.
     """
 
     def __init__(self) -> None:
@@ -193,6 +252,7 @@ class CsvRows:
         self._in_quotes = False
         self._head = b""
         self._carry = b""
+        self._ends_with_newline = False
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._utf8_error: str | None = None
 
@@ -204,12 +264,13 @@ class CsvRows:
                 self._decoder.decode(block)
             except UnicodeDecodeError as error:
                 self._utf8_error = str(error)
-        if self.newlines == 0:
-            self._head += block
+        if len(self._head) < FIRST_LINE_MAX:
+            self._head += block[:FIRST_LINE_MAX - len(self._head)]
         data = self._carry + block
-        cut = data.rfind(b"\n") + 1
+        cut = data.rfind(b"\n") + 1 or len(data)
         self._carry = data[cut:]
         self._count(data[:cut])
+        self._ends_with_newline = block.endswith(b"\n")
 
     def _count(self, lines: bytes) -> None:
         if not self._in_quotes:
@@ -242,7 +303,10 @@ class CsvRows:
             return f"it is not valid UTF-8: {self._utf8_error}"
         if not self._head:
             return "it is empty: not even a header"
-        if self._in_quotes or self._carry:
+        if len(self._head) == FIRST_LINE_MAX and b"\n" not in self._head:
+            return (f"its header line is longer than {FIRST_LINE_MAX:,} bytes: it is not a "
+                    f"table's CSV")
+        if self._in_quotes or not self._ends_with_newline:
             return "its last row is cut off (an unclosed quote or no final newline): truncated"
         if columns is not None and self.header != columns:
             return f"its header {self.header} differs from the table's columns {columns}"
@@ -294,11 +358,7 @@ def _read_members(archive: Path, report: VerificationReport, tables: dict[str, d
                 hashing = _HashingReader(source)
                 buffered = io.BufferedReader(hashing, CHUNK)
                 if member.name == layout.MANIFEST:
-                    data = buffered.read()
-                    try:
-                        report.manifest = json.loads(data)
-                    except ValueError as error:
-                        report.add(CHECKSUMS, f"{layout.MANIFEST} is not valid JSON: {error}")
+                    _load_manifest(member, buffered, report)
                     continue
                 if extract_to is None:
                     problem = _readability_problem(member.name, buffered, tables)
@@ -310,10 +370,27 @@ def _read_members(archive: Path, report: VerificationReport, tables: dict[str, d
                 report.files[member.name] = FileCheck(
                     member.name, hashing.size, hashing.hash.hexdigest(), problem
                 )
+                if member.name in _CAPS and hashing.size > _CAPS[member.name][0]:
+                    report.add(CHECKSUMS, _too_large(member.name, f"{hashing.size:,} bytes",
+                                                     *_CAPS[member.name]))
         # The tar reader stops at the end-of-archive blocks; read to the end of the gzip stream
         # so its CRC and length are checked too.
         while gz.read(CHUNK):
             pass
+
+
+def _load_manifest(member: tarfile.TarInfo, stream: io.BufferedReader,
+                   report: VerificationReport) -> None:
+    """The manifest into `report`, or the reason it is refused: too large, or not JSON."""
+    try:
+        data = read_capped(member, stream, *_CAPS[layout.MANIFEST])
+    except MemberTooLarge as error:
+        report.add(CHECKSUMS, str(error))
+        return
+    try:
+        report.manifest = _parse_manifest(data)
+    except ValueError as error:
+        report.add(CHECKSUMS, f"{layout.MANIFEST} is not valid JSON: {error}")
 
 
 def _write_member(folder: Path, name: str, stream: io.BufferedReader) -> None:
@@ -328,14 +405,17 @@ def _write_member(folder: Path, name: str, stream: io.BufferedReader) -> None:
 
 def read_manifest(archive: Path) -> dict | None:
     """manifest.json, which this pipeline writes as the archive's first member: reading it
-    decompresses only the archive's first blocks. None when it is not there or not readable."""
+    decompresses only the archive's first blocks. None when it is not there or not readable,
+    or larger than its cap (then it is not read at all: verify_archive says why)."""
     try:
         with archive.open("rb") as raw, tarfile.open(fileobj=raw, mode="r|gz") as tar:
             member = tar.next()
             if member is None or member.name != layout.MANIFEST or not member.isfile():
                 return None
             source = tar.extractfile(member)
-            return json.loads(source.read()) if source else None
+            if source is None:
+                return None
+            return _parse_manifest(read_capped(member, source, *_CAPS[layout.MANIFEST]))
     except (OSError, EOFError, tarfile.TarError, zlib.error, ValueError):
         return None
 

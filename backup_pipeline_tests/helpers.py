@@ -161,8 +161,17 @@ def follow_restore_procedure(archive: Path, workdir: Path, pg_env: dict[str, str
         "PROJECT_DIR": str(project_dir),
     }
     script = "set -euo pipefail\n" + "\n".join(commands) + "\n"
-    return subprocess.run(["bash", "-c", script], cwd=workdir, env=env, capture_output=True,
+    done = subprocess.run(["bash", "-c", script], cwd=workdir, env=env, capture_output=True,
                           text=True, timeout=600)
+    if done.returncode == 0:  # the procedure's checks of the scripts passed, as they must
+        assert "OK: database/_restore.psql only includes" in done.stdout, done.stdout
+        assert "OK: no psql commands or COPY" in done.stdout, done.stdout
+    return done
+
+
+def script_checks(info_text: str) -> list[str]:
+    """The procedure's two checks of the scripts before psql runs them (grep, then awk)."""
+    return [c for c in procedure_commands(info_text) if c.startswith(("grep -nvE", "awk "))]
 
 
 # The schema as PostgreSQL holds it, object by object, for comparing a restored database with

@@ -20,6 +20,8 @@ from backup_pipeline_tests.helpers import (
     archives,
     follow_restore_procedure,
     manifest,
+    outbox_messages,
+    plain_text,
     read_member,
     rows,
     run_backup,
@@ -180,14 +182,25 @@ def test_window_boundary(backup_env, server, source_db, instance):
     assert entry["rows"] == in_window + referenced
 
 
-def test_missing_config_file_is_named_not_skipped(backup_env, instance):
+def test_missing_config_file_is_named_not_skipped(backup_env, instance, tmp_path):
     Path(backup_env["BACKUP_CONFIG_DIR"], "nginx.prod.conf").unlink()
+    secret = tmp_path / "shadow"
+    secret.write_text("not for the archive\n")
+    Path(backup_env["BACKUP_CONFIG_DIR"], "ssl", "evil.pem").symlink_to(secret)
     result = run_backup(backup_env, instance)
     assert result.success
     [archive] = archives(backup_env["BACKUP_DIR"])
-    assert manifest(archive)["config"]["missing"] == ["nginx.prod.conf"]
+    config = manifest(archive)["config"]
+    assert config["missing"] == ["nginx.prod.conf"]
+    [refused] = config["skipped"]
+    assert refused["path"] == "ssl/evil.pem" and "outside BACKUP_CONFIG_DIR" in refused["reason"]
+    assert "config/ssl/evil.pem" not in config["included"]
     info = read_member(archive, "BACKUP_INFO.txt").decode()
     assert "MISSING configuration files" in info and "nginx.prod.conf" in info
+    assert "Configuration files NOT COPIED" in info and "ssl/evil.pem: a symbolic link" in info
+    [email] = [m for m in outbox_messages(backup_env) if "OK" in m["Subject"]]
+    assert "Configuration files NOT COPIED (not in this backup): ssl/evil.pem (" in \
+        plain_text(email)
     metadata = next(
         e.step_materialization_data.materialization.metadata
         for e in result.get_asset_materialization_events()

@@ -11,10 +11,7 @@ import errno
 import json
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from backup_pipeline import layout
 from backup_pipeline.alerts import ALERT_TAG
@@ -24,16 +21,6 @@ from backup_pipeline_tests.helpers import run_backup
 from backup_pipeline_tests.smtp_server import PASSWORD, USER, start_smtp
 
 ADMIN = "admin@example.com"
-
-
-@pytest.fixture
-def open_umask() -> Iterator[None]:
-    """umask 000, as a container or a cron job may leave it; restored after the test."""
-    previous = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 def fill(disk: Path, leave: int = 0) -> None:

@@ -27,6 +27,7 @@ from backup_pipeline_tests.helpers import (
     rows,
     run_backup,
     scalar,
+    script_checks,
 )
 
 
@@ -329,3 +330,35 @@ def test_a_restore_with_a_full_tmpdir_names_it_and_changes_nothing(archive, serv
     assert "Point TMPDIR at a folder with room" in done.stderr and "Traceback" not in done.stderr
     assert scalar(server.dsn("postgres"), "SELECT count(*) FROM pg_database WHERE datname = %s",
                   (scratch_db,)) == 0, "the restore created its database before it had room"
+
+
+def test_the_plain_shell_checks_catch_a_crafted_archive(archive, tmp_path):
+    """Checksums recomputed by whoever changed the files prove nothing: BACKUP_INFO.txt's checks
+    read the scripts psql would run, and name every line that is not what this system writes."""
+    folder = tmp_path / "restore_work"
+    folder.mkdir()
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder, filter="data")
+    checks = script_checks((folder / layout.BACKUP_INFO).read_text())
+    assert len(checks) == 2
+
+    def run(command: str) -> str:
+        done = subprocess.run(["bash", "-c", command], cwd=folder, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert [run(c).startswith("OK: ") for c in checks] == [True, True]
+    database = folder / "database"
+    with (database / "_restore.psql").open("a") as script:
+        script.write("\\! touch pwned\n\\copy users FROM PROGRAM 'id' WITH (FORMAT csv, HEADER)\n")
+    users = database / "users.sql"
+    users.write_text(users.read_text() + "\\! id > pwned\n")
+    post = database / layout.SCHEMA_POST_DATA.split("/")[-1]
+    post.write_text(post.read_text() + "COPY users FROM PROGRAM 'id';\n")
+    restore_check, sql_check = (run(c) for c in checks)
+    assert "OK" not in restore_check and "OK" not in sql_check
+    assert "\\! touch pwned" in restore_check and "FROM PROGRAM 'id' WITH" in restore_check
+    assert "users.sql:" in sql_check and "\\! id > pwned" in sql_check
+    assert "COPY users FROM PROGRAM 'id';" in sql_check
+    assert not (folder / "pwned").exists()

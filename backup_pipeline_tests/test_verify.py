@@ -7,13 +7,22 @@ import io
 import json
 import subprocess
 import tarfile
+import tracemalloc
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from backup_pipeline import layout
 from backup_pipeline.assets.checks import check_results
-from backup_pipeline.verify import CsvRows, verify_archive
+from backup_pipeline.verify import (
+    CsvRows,
+    MemberTooLarge,
+    read_capped,
+    read_manifest,
+    verify_archive,
+)
 from backup_pipeline_tests.helpers import BACKUP_PIPELINE
 
 
@@ -216,3 +225,114 @@ def test_archive_is_a_standard_tar_gz(archive, tmp_path):
     for entry in manifest["files"]:
         data = (tmp_path / entry["path"]).read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (entry["size"], entry["sha256"])
+
+
+class _Spaces(io.RawIOBase):
+    """`size` spaces, made as they are read: a member far larger than a test may hold in memory,
+    which gzip shrinks to a thousandth."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = min(len(buffer), self.left)
+        buffer[:count] = b" " * count
+        self.left -= count
+        return count
+
+
+def _crafted(path: Path, members: dict[str, bytes | int]) -> Path:
+    """A tar.gz of `members`, in order: bytes as given, an int as that many spaces streamed
+    through gzip (64 MB of them cost 64 kB on disk, and no test memory)."""
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = content if isinstance(content, int) else len(content)
+            tar.addfile(info, _Spaces(content) if isinstance(content, int)
+                        else io.BytesIO(content))
+    return path
+
+
+def _peak_memory(action: Callable[[], object]) -> tuple[object, int]:
+    """What `action` returns, and the most memory Python objects held meanwhile (all threads:
+    the decompressing one too)."""
+    tracemalloc.start()
+    try:
+        return action(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+# What verification may hold at once, whatever the archive: ISA-L's 8 MB read buffer and its
+# queue, and a few 1 MB blocks (about 17 MB, measured). Each member read whole would exceed it.
+MEMORY_BOUND = 32 * layout.MB
+
+
+def test_oversized_manifest_is_refused_unread(tmp_path):
+    """1.5 GB of whitespace compress to 2 MB: a manifest over the cap is refused from its
+    header, before a byte of it is read."""
+    crafted = _crafted(tmp_path / "m.tar.gz", {layout.MANIFEST: layout.MANIFEST_MAX_BYTES + 1})
+    report, peak = _peak_memory(lambda: verify_archive(crafted))
+    assert report.problems_of("checksums") == [
+        f"manifest.json is {layout.MANIFEST_MAX_BYTES + 1:,} bytes, more than the 64 MB cap of "
+        f"MANIFEST_MAX_BYTES in backup_pipeline/layout.py: refusing the archive. A backup this "
+        f"pipeline made stays far below it: this archive is damaged or was not made by it; use "
+        f"another one (a database that really needs more must raise the cap)."]
+    assert peak < MEMORY_BOUND
+    assert read_manifest(crafted) is None
+
+
+@pytest.mark.parametrize(("name", "cap", "cap_text"), [
+    (layout.BACKUP_INFO, layout.BACKUP_INFO_MAX_BYTES, "32 MB cap of BACKUP_INFO_MAX_BYTES"),
+    (layout.SCHEMA_PRE_DATA, layout.SCHEMA_MAX_BYTES, "256 MB cap of SCHEMA_MAX_BYTES"),
+])
+def test_members_read_whole_elsewhere_are_refused_over_their_cap(tmp_path, name, cap, cap_text):
+    """People read BACKUP_INFO.txt whole, the restore each schema file: verification streams
+    them, and holds them to their caps so the restore never meets one too large."""
+    manifest = json.dumps({"files": [], "tables": []}).encode()
+    crafted = _crafted(tmp_path / "i.tar.gz", {layout.MANIFEST: manifest, name: cap + 1})
+    report, peak = _peak_memory(lambda: verify_archive(crafted))
+    assert any(p.startswith(f"{name} is {cap + 1:,} bytes, more than the {cap_text}")
+               for p in report.problems_of("checksums")), report.problems
+    assert peak < MEMORY_BOUND
+
+
+def test_a_member_read_whole_is_read_no_further_than_its_cap():
+    """Whatever its header says: at most cap + 1 bytes are read, to know it is over."""
+    header = tarfile.TarInfo(layout.MANIFEST)
+    header.size = 10
+    stream = io.BytesIO(b" " * 5000)
+    with pytest.raises(MemberTooLarge, match=r"^manifest\.json is more than 1,000 bytes, more "
+                                             r"than the 1,000 bytes cap of TEST_CAP in"):
+        read_capped(header, stream, 1000, "TEST_CAP")
+    assert stream.tell() == 1001
+    header.size = 1001
+    stream.seek(0)
+    with pytest.raises(MemberTooLarge, match=r"^manifest\.json is 1,001 bytes, more than"):
+        read_capped(header, stream, 1000, "TEST_CAP")
+    assert stream.tell() == 0
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("database/t.csv", "its header line is longer than 1,048,576 bytes: it is not a table's CSV"),
+    ("database/t.sql", "it has no COPY ... FROM stdin; line in its first 1,048,576 bytes: it is "
+                       "not a table's data file"),
+])
+def test_data_members_stream_whatever_they_hold(tmp_path, path, expected):
+    """A dump or CSV without a single line break is still read block by block, not gathered
+    whole while looking for the end of its first line."""
+    manifest = json.dumps({"files": [], "tables": [{"path": path, "rows": 0}]}).encode()
+    crafted = _crafted(tmp_path / "d.tar.gz", {layout.MANIFEST: manifest, path: 48 * layout.MB})
+    report, peak = _peak_memory(lambda: verify_archive(crafted))
+    assert report.problems_of("readability") == [f"{path} is not readable: {expected}"]
+    assert peak < MEMORY_BOUND
+
+
+def test_deeply_nested_manifest_is_named_not_a_crash(tmp_path):
+    crafted = _crafted(tmp_path / "n.tar.gz", {layout.MANIFEST: b"[" * 100_000})
+    report = verify_archive(crafted)
+    assert [p.split(":")[0] for p in report.problems] == ["manifest.json is not valid JSON"]
+    assert read_manifest(crafted) is None

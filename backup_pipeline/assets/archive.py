@@ -29,6 +29,7 @@ from isal import isal_zlib
 from backup_pipeline import layout
 from backup_pipeline.assets.config_snapshot import CONFIG_KEY, CONFIG_RECORD
 from backup_pipeline.assets.database import EXPORT_RECORD, export_specs
+from backup_pipeline.files import open_private, write_private_text
 from backup_pipeline.pg import HashingWriter
 from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.restore_script import count_query, restore_script
@@ -98,11 +99,7 @@ def _versions() -> dict[str, str]:
 
 
 def _write_text(staging: Path, relative: str, text: str) -> dict:
-    target = staging / relative
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    data = text.encode()
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    data = write_private_text(staging / relative, text)
     return {"path": relative, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
@@ -131,8 +128,7 @@ def write_archive(target: Path, staging: Path, manifest: dict, mtime: float,
     def header(info: tarfile.TarInfo) -> bytes:
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
+    with open_private(target, exclusive=True) as handle:
         sink = HashingWriter(handle)
         tar = _TarStream(sink)
         tar.write(header(_tar_info(layout.MANIFEST, len(manifest_bytes), mtime)))
@@ -199,7 +195,8 @@ def build_manifest(export: dict, config: dict, created_at: datetime, name: str,
         "not_valid_constraints": export["not_valid_constraints"],
         "config": {"config_dir": config["config_dir"],
                    "included": [f["path"] for f in config["files"]],
-                   "missing": config["missing"]},
+                   "missing": config["missing"],
+                   "skipped": config.get("skipped", [])},
         "versions": versions,
         "files": [info, restore, *export["files"], *config["files"]],
     }
@@ -262,7 +259,7 @@ def build_backup_archive(settings: Settings) -> dg.AssetsDefinition:
             # Everything that can fail is done before the archive gets its name: a file under
             # its final name is complete and verified (a good backup once the status files name
             # it; a later failure, such as the proof, leaves it there, not recorded).
-            (staging / VERIFICATION_RECORD).write_text(json.dumps(
+            write_private_text(staging / VERIFICATION_RECORD, json.dumps(
                 {"sha256": sha256, "found": report.found,
                  "files": [vars(check) for check in report.files.values()]}))
             final = storage.publish(partial, created_at)
@@ -284,6 +281,7 @@ def build_backup_archive(settings: Settings) -> dg.AssetsDefinition:
                 "rows": sum(t["rows"] for t in export["tables"]),
                 "cutoff": export["window"]["cutoff"],
                 "config_missing": dg.MetadataValue.json(config["missing"]),
+                "config_not_copied": dg.MetadataValue.json(config.get("skipped", [])),
                 "build_seconds": round(written - started, 3),
                 "verify_seconds": round(time.monotonic() - written, 3),
             }

@@ -2,66 +2,169 @@
 
 A missing file is not an error (a deployment without nginx is legitimate) but it is never silent:
 it is listed as missing in the run's log, the asset's metadata, the manifest and BACKUP_INFO.txt.
-Symbolic links (certbot's live/ folder is made of them) are followed, so the archive holds the
-certificate itself, not a link that would point nowhere on the restored server.
+Symbolic links (certbot's live/ folder is made of them) are followed when they resolve inside
+BACKUP_CONFIG_DIR, so the archive holds the certificate itself, not a link that would point nowhere
+on the restored server. A link that resolves outside it is refused: copying it could put any file
+of the host (/etc/shadow) into the archive and its emails. The database backup goes on (it matters
+more than one file), and the refusal is as loud as a missing file. What is not a regular file or
+a folder (a FIFO, a socket, a device, a dangling link, a folder link back into itself) is never
+opened. Each is listed as not copied, with the reason, in the run's log, the asset's metadata,
+the manifest, BACKUP_INFO.txt and the success email.
 """
 
-
+import errno
 import json
 import os
 import shutil
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
 from backup_pipeline import layout
+from backup_pipeline.files import make_private_dirs, open_private, write_private_text
 from backup_pipeline.pg import HashingWriter
-from backup_pipeline.resources.storage import BackupStorage
+from backup_pipeline.resources.storage import BackupStorage, DiskSpaceError, tree_bytes
 from backup_pipeline.settings import Settings
 
 CONFIG_RECORD = "config.json"
 CONFIG_KEY = dg.AssetKey("config_snapshot")
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
-def _copy(source: Path, target: Path) -> dict:
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with source.open("rb") as src, os.fdopen(fd, "wb") as dst:
-        writer = HashingWriter(dst)
-        for block in iter(lambda: src.read(1 << 20), b""):
-            writer.write(block)
+@dataclass
+class _Plan:
+    """What the snapshot will copy (archive path, the real file), and what it will not."""
+
+    root: Path
+    copies: list[tuple[str, Path]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def skip(self, relative: str, reason: str) -> None:
+        self.skipped.append({"path": relative, "reason": reason})
+
+
+def _special_kind(mode: int) -> str:
+    return next((name for test, name in _SPECIAL_KINDS if test(mode)), "not a regular file")
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A regular file or folder inside BACKUP_CONFIG_DIR, and the link that led to it, if any."""
+
+    real: Path
+    folder: bool
+    link: str | None
+
+
+def _resolve(plan: _Plan, path: Path, relative: str) -> _Found | None:
+    """What `path` is, through any links: a regular file or folder inside BACKUP_CONFIG_DIR, or
+    None when it must not be read, and then the plan says why. Nothing is opened here."""
+    link = os.readlink(path) if os.path.islink(path) else None
+    real = Path(os.path.realpath(path))
+    if not real.is_relative_to(plan.root):
+        named = f"a symbolic link to {link!r}" if link is not None else "reached through a link"
+        shown = "" if link == str(real) else f" (resolves to {real})"
+        plan.skip(relative, f"{named}{shown}, outside BACKUP_CONFIG_DIR: refused, so that no "
+                            f"other file of this host ends up in the archive; put a copy of the "
+                            f"file in BACKUP_CONFIG_DIR instead")
+        return None
+    via = f"a symbolic link to {link!r}, " if link is not None else ""
+    try:
+        status = os.stat(real)
+    except OSError as error:
+        if error.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+            raise
+        plan.skip(relative, f"{via}which does not exist (or is a loop of links)")
+        return None
+    if stat.S_ISREG(status.st_mode) or stat.S_ISDIR(status.st_mode):
+        return _Found(real, stat.S_ISDIR(status.st_mode), link)
+    plan.skip(relative, f"{via}{_special_kind(status.st_mode)}: never opened")
+    return None
+
+
+def _check_readable(path: Path, folder: bool) -> None:
+    if not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
+        raise PermissionError(
+            f"{path} exists but the backup user (uid {os.getuid()}) cannot read it: make "
+            f"it readable, e.g. chgrp {os.getgid()} {path} && chmod "
+            f"g+r{'x' if folder else ''} {path}"
+        )
+
+
+def _plan_folder(plan: _Plan, folder: Path, relative: str, walked: tuple[Path, ...]) -> None:
+    """Every file under `folder` (real path; `relative` is its name in the config dir), in name
+    order. `walked` holds the real folders above it, so a folder link back into one of them is
+    named and not followed forever."""
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        name = f"{relative}/{entry.name}"
+        found = _resolve(plan, Path(entry.path), name)
+        if found is None:
+            continue
+        if not found.folder:
+            plan.copies.append((name, found.real))
+        elif found.link is not None and any(done.is_relative_to(found.real) for done in walked):
+            plan.skip(name, f"a symbolic link to {found.link!r}, a folder that holds it: not "
+                            f"followed, it would copy itself without end")
+        else:
+            _plan_folder(plan, found.real, name, (*walked, found.real))
+
+
+def _plan_entry(plan: _Plan, config_dir: Path, entry: str) -> None:
+    """One BACKUP_CONFIG_FILES entry: a file, or a folder when it ends in '/' or is one. An
+    entry that contributes no file is missing (also when it is skipped, which says why)."""
+    relative = entry.rstrip("/")
+    source = config_dir / relative
+    found = _resolve(plan, source, relative) if os.path.lexists(source) else None
+    before = len(plan.copies)
+    if found is not None:
+        _check_readable(found.real, found.folder)
+        if found.folder:
+            _plan_folder(plan, found.real, relative, (found.real,))
+        elif not entry.endswith("/"):
+            plan.copies.append((relative, found.real))
+    if len(plan.copies) == before:
+        plan.missing.append(entry)
+
+
+def _plan_config(config_dir: Path, entries: tuple[str, ...]) -> _Plan:
+    """What snapshot_config copies and leaves out, decided before anything is opened."""
+    plan = _Plan(root=Path(os.path.realpath(config_dir)))
+    for entry in entries:
+        _plan_entry(plan, config_dir, entry)
+    return plan
+
+
+def _copy(relative: str, source: Path, target: Path) -> dict:
+    """Copy one planned regular file. It is opened without blocking and without following a
+    link, and checked again once open: a file swapped for a FIFO or a link since the plan is
+    refused, never waited on."""
+    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as src:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{relative} ({source}) changed while the configuration was copied: "
+                          f"it is no longer a regular file")
+        make_private_dirs(target.parent)
+        with open_private(target) as dst:
+            writer = HashingWriter(dst)
+            for block in iter(lambda: src.read(1 << 20), b""):
+                writer.write(block)
     return {"size": writer.size, "sha256": writer.sha256}
 
 
 def snapshot_config(config_dir: Path, entries: tuple[str, ...], staging: Path) -> dict:
-    """Copy each entry (a file, or a folder when it ends in '/') into staging/config/."""
-    files, missing = [], []
-    for entry in entries:
-        source = config_dir / entry.rstrip("/")
-        folder = source.is_dir()
-        if source.exists() and not os.access(source, os.R_OK | (os.X_OK if folder else 0)):
-            raise PermissionError(
-                f"{source} exists but the backup user (uid {os.getuid()}) cannot read it: make "
-                f"it readable, e.g. chgrp {os.getgid()} {source} && chmod "
-                f"g+r{'x' if folder else ''} {source}"
-            )
-        if entry.endswith("/") or source.is_dir():
-            if not source.is_dir():
-                missing.append(entry)
-                continue
-            members = sorted(p for p in source.rglob("*") if p.is_file())
-            if not members:
-                missing.append(entry)
-            for member in members:
-                relative = member.relative_to(config_dir).as_posix()
-                path = f"{layout.CONFIG_DIR}/{relative}"
-                files.append({"path": path, **_copy(member, staging / path)})
-        elif source.is_file():
-            path = f"{layout.CONFIG_DIR}/{entry}"
-            files.append({"path": path, **_copy(source, staging / path)})
-        else:
-            missing.append(entry)
-    return {"config_dir": str(config_dir), "files": files, "missing": missing}
+    """Copy each entry (a file, or a folder when it ends in '/') into staging/config/; the
+    record lists what was copied, what is missing and what was not copied, and why."""
+    plan = _plan_config(config_dir, entries)
+    files = []
+    for relative, source in plan.copies:
+        path = f"{layout.CONFIG_DIR}/{relative}"
+        files.append({"path": path, **_copy(relative, source, staging / path)})
+    return {"config_dir": str(config_dir), "files": files, "missing": plan.missing,
+            "skipped": plan.skipped}
 
 
 def build_config_snapshot(settings: Settings) -> dg.AssetsDefinition:
@@ -84,19 +187,31 @@ def build_config_snapshot(settings: Settings) -> dg.AssetsDefinition:
             record = snapshot_config(settings.config_dir, settings.config_files, staging)
         except OSError as error:
             shutil.rmtree(staging / layout.CONFIG_DIR, ignore_errors=True)
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskSpaceError(
+                    f"BACKUP_DIR {storage.root} is full: no space left while copying the "
+                    f"configuration from BACKUP_CONFIG_DIR {settings.config_dir} "
+                    f"({tree_bytes(settings.config_dir) // 1024} KiB) into the run's staging "
+                    f"folder. Free space by hand (df -h {storage.root}), then run the backup "
+                    f"again.") from error
             raise RuntimeError(
                 f"could not copy the configuration from BACKUP_CONFIG_DIR {settings.config_dir}: "
                 f"{error}. Check that the folder is mounted and readable by the backup user."
             ) from error
-        (staging / CONFIG_RECORD).write_text(json.dumps(record, indent=2))
+        write_private_text(staging / CONFIG_RECORD, json.dumps(record, indent=2))
         for entry in record["missing"]:
             context.log.warning(f"config file missing, not in this backup: {entry}")
+        for skipped in record["skipped"]:
+            context.log.warning(f"config file NOT COPIED, not in this backup: {skipped['path']} "
+                                f"({skipped['reason']})")
         return dg.MaterializeResult(
             metadata={
                 "config_dir": dg.MetadataValue.path(str(settings.config_dir)),
                 "included": dg.MetadataValue.json([f["path"] for f in record["files"]]),
                 "missing": dg.MetadataValue.json(record["missing"]),
                 "missing_count": len(record["missing"]),
+                "skipped": dg.MetadataValue.json(record["skipped"]),
+                "skipped_count": len(record["skipped"]),
                 "bytes": sum(f["size"] for f in record["files"]),
             }
         )

@@ -6,6 +6,7 @@ still has its own asset key, so the UI shows lineage, row counts and checksums p
 """
 
 
+import hashlib
 import json
 import os
 import time
@@ -25,6 +26,7 @@ from backup_pipeline.assets.transactions import (
     write_window_part,
 )
 from backup_pipeline.export_plan import ExportPlan, TableInfo, WindowedTable, build_plan
+from backup_pipeline.files import write_private_text
 from backup_pipeline.pg import COPY_BLOCK, CopyResult, HashingWriter
 from backup_pipeline.resources.postgres import PostgresResource, Snapshot
 from backup_pipeline.resources.storage import BackupStorage, tree_bytes
@@ -66,10 +68,8 @@ def _write_sequences(snapshot: Snapshot, target: Path) -> CopyResult:
 
 
 def _write_text(target: Path, text: str) -> CopyResult:
-    with target.open("wb") as handle:
-        writer = HashingWriter(handle)
-        writer.write(text.encode())
-    return CopyResult(rows=0, size=writer.size, sha256=writer.sha256)
+    data = write_private_text(target, text)
+    return CopyResult(rows=0, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
 def _file_record(path: str, result: CopyResult) -> dict:
@@ -366,7 +366,7 @@ def build_database_export(settings: Settings) -> dg.AssetsDefinition:
                 "staged": {e.entry["path"]: e.staged for e in exported},
                 "duration_seconds": round(time.monotonic() - started, 3),
             }
-        (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2))
+        write_private_text(staging / EXPORT_RECORD, json.dumps(record, indent=2))
         context.log.info(
             f"exported {len(plan.critical)} critical tables and {len(plan.windowed)} transaction "
             f"windows ({sum(t['rows'] for t in tables)} rows) in {record['duration_seconds']} s"

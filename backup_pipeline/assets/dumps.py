@@ -14,6 +14,7 @@ from psycopg import sql
 from backup_pipeline import layout
 from backup_pipeline.data_files import sql_data_header, sql_data_trailer
 from backup_pipeline.export_plan import TableInfo
+from backup_pipeline.files import open_private
 from backup_pipeline.pg import HashingWriter
 from backup_pipeline.resources.postgres import Snapshot
 from backup_pipeline.settings import Settings
@@ -43,7 +44,7 @@ def write_table_dump(snapshot: Snapshot, table: TableInfo, select: sql.Composabl
     """Write `target`, gzip-compressed, as a self-contained SQL data file of `select` (the
     plan's critical_query); the trailer records the row count. Returns the rows and the writer
     (its size and SHA-256 are the plain file's)."""
-    with target.open("wb") as handle:
+    with open_private(target) as handle:
         writer = HashingWriter(handle, gzip_level=layout.GZIP_LEVEL)
         writer.write(sql_data_header(table.schema, table.name, table.columns).encode())
         rows = snapshot.copy_to(select, writer)

@@ -15,9 +15,10 @@ import dagster as dg
 
 from backup_pipeline import layout
 from backup_pipeline.assets.archive import ARCHIVE_KEY
+from backup_pipeline.files import write_atomically
 from backup_pipeline.resources.drill import RestoreDrillTarget
 from backup_pipeline.resources.postgres import PostgresResource
-from backup_pipeline.resources.storage import BackupStorage, write_atomically
+from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.restore import describe_target, restore_archive, scratch_database_lock
 
 

@@ -37,7 +37,8 @@ def restore_proof(context: dg.AssetExecutionContext, postgres: PostgresResource,
     archive = Path(materialization.metadata["path"].value)
     manifest = read_manifest(archive)
     if manifest is None:
-        raise RuntimeError(f"{archive} has no readable manifest.json: nothing to prove")
+        raise RuntimeError(f"{archive} has no readable manifest.json: nothing to prove "
+                           f"(backup-pipeline verify {archive} says why)")
     scratch = drill.checked_dsn(postgres) if drill.dsn else None
     result = prove_archive(archive, manifest, scratch_dsn=scratch, progress=context.log.info)
     context.log.info(f"restore proof of {archive.name}: {result.summary()}\n"

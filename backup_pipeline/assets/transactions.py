@@ -14,6 +14,7 @@ from psycopg import sql
 from backup_pipeline import layout
 from backup_pipeline.data_files import EndMarkerScan, sql_data_header, sql_data_trailer
 from backup_pipeline.export_plan import TableInfo
+from backup_pipeline.files import open_private
 from backup_pipeline.pg import HashingWriter
 from backup_pipeline.resources.postgres import Snapshot
 from backup_pipeline.settings import Settings
@@ -60,7 +61,7 @@ def write_window_part(snapshot: Snapshot, select: sql.Composable | str, target: 
     """One part of a window as CSV (the first with the header, compressed with `gzip_level`);
     returns rows, the writer (whose hash the export goes on with over the later parts), and
     whether a line of it is a lone `\\.` (see data_files.EndMarkerScan)."""
-    with target.open("wb") as handle:
+    with open_private(target) as handle:
         writer = HashingWriter(handle, gzip_level=gzip_level)
         scan = EndMarkerScan(writer, at_line_start=not header)
         rows = snapshot.copy_to(select, scan, csv=True, header=header)
@@ -72,7 +73,7 @@ def write_window_for_psql(snapshot: Snapshot, table: TableInfo, selects: list[st
                           target: Path) -> tuple[int, HashingWriter]:
     """The window's rows again, in COPY's text format with the critical tables' header and
     trailer, for psql's `\\ir` in the plain-shell procedure: same snapshot, same queries."""
-    with target.open("wb") as handle:
+    with open_private(target) as handle:
         writer = HashingWriter(handle)
         writer.write(sql_data_header(table.schema, table.name, table.columns).encode())
         rows = sum(snapshot.copy_to(select, writer) for select in selects)

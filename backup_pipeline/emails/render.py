@@ -43,6 +43,8 @@ class BackupSummary:
     tables: list[dict]
     config_included: list[str]
     config_missing: list[str]
+    # Files seen but not copied (a link out of BACKUP_CONFIG_DIR, a FIFO), each with its reason.
+    config_not_copied: list[str]
     run_url: str
     proof: str = "not proven (BACKUP_RESTORE_PROOF=off)"
     attached: bool = False
@@ -102,6 +104,8 @@ def summary_from_manifest(manifest: dict, archive: Path, size: int, sha256: str,
         tables=manifest["tables"],
         config_included=manifest["config"]["included"],
         config_missing=manifest["config"]["missing"],
+        config_not_copied=[f"{k['path']} ({k['reason']})"
+                           for k in manifest["config"].get("skipped", [])],
         run_url=run_url,
     )
 

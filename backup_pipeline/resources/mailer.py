@@ -33,8 +33,7 @@ import dagster as dg
 from pydantic import Field
 
 from backup_pipeline import layout
-from backup_pipeline.resources.storage import fsync_dir, write_atomically
-from backup_pipeline.run_log import make_private_dirs
+from backup_pipeline.files import fsync_dir, make_private_dirs, write_atomically
 
 # What to do about a file that cannot be written, by errno; {folder} is where it goes.
 _WRITE_FIXES = {

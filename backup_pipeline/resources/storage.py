@@ -26,6 +26,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from backup_pipeline import layout
+from backup_pipeline.files import PRIVATE_DIR, fsync_dir, make_private_dirs, write_atomically
 from backup_pipeline.run_monitoring import Heartbeat
 
 
@@ -110,30 +111,6 @@ def read_last_success(backup_dir: Path) -> int | None:
         return None
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
-    """Replace `path` with `text` so that readers see the old or the new content, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
 class BackupStorage(dg.ConfigurableResource):
     """Where archives live (BACKUP_DIR) and how long they stay."""
 
@@ -179,9 +156,9 @@ class BackupStorage(dg.ConfigurableResource):
         """BACKUP_DIR exists, is private (0700: archives hold every user's data) and is ours to
         write: "Permission denied: '/backups'" alone says neither who nor what to do."""
         try:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dirs(self.root)
             if self.root.stat().st_mode & 0o077:
-                os.chmod(self.root, 0o700)
+                os.chmod(self.root, PRIVATE_DIR)
         except PermissionError as error:
             raise BackupDirAccessError(self.root, error) from None
         if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
@@ -337,6 +314,10 @@ class BackupStorage(dg.ConfigurableResource):
             return
         for path in outbox.glob("*.eml"):
             if path.is_file() and path.stat().st_mtime < cutoff.timestamp():
+                path.unlink(missing_ok=True)
+        # An email being written has a hidden temporary name; a day old, its writer died.
+        for path in outbox.glob(".*.eml.*.tmp"):
+            if path.is_file() and path.stat().st_mtime < time.time() - 24 * 3600:
                 path.unlink(missing_ok=True)
 
     def _remove_abandoned_partials(self, now: datetime) -> None:

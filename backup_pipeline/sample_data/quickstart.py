@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 
 from backup_pipeline import layout
+from backup_pipeline.files import make_private_dirs, open_private, write_private_text
 from backup_pipeline.sample_data.generate import create_schema, load_sample_data
 from backup_pipeline.throwaway_pg import start_cluster
 from backup_pipeline.verify import verify_archive
@@ -33,8 +34,8 @@ SAMPLE_CONFIG = {
 def _write_config(folder: Path) -> None:
     for name, text in SAMPLE_CONFIG.items():
         path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        make_private_dirs(path.parent)
+        write_private_text(path, text)
 
 
 def run_quickstart(workdir: Path, scale: float, keep_server: bool) -> int:
@@ -45,7 +46,7 @@ def run_quickstart(workdir: Path, scale: float, keep_server: bool) -> int:
                   f"folder (no demo.env); pick another --dir", file=sys.stderr)
             return 2
         shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    make_private_dirs(workdir)
     print("1/4 starting a throwaway PostgreSQL", flush=True)
     # In a temporary folder, not under workdir: when running as root the server runs as the
     # postgres user, who may not be allowed into the clone's folder (e.g. under /root).
@@ -60,7 +61,7 @@ def run_quickstart(workdir: Path, scale: float, keep_server: bool) -> int:
         print(f"    {sum(counts.values()):,} rows", flush=True)
         _write_config(workdir / "config")
         home = workdir / "dagster_home"
-        home.mkdir()
+        home.mkdir(mode=0o700)
         env = {
             **cluster.env("smart_ai_hub"),
             "BACKUP_DIR": str(workdir / "backups"),
@@ -69,12 +70,11 @@ def run_quickstart(workdir: Path, scale: float, keep_server: bool) -> int:
             "ADMIN_EMAILS": "admin@example.com",
         }
         env_file = workdir / "demo.env"
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-        env_file.chmod(0o600)
+        write_private_text(env_file, "".join(f"{k}={v}\n" for k, v in env.items()))
         print("3/4 running: dagster job execute -m backup_pipeline.definitions -j backup_job",
               flush=True)
         log = workdir / "backup_run.log"
-        with log.open("w") as handle:
+        with open_private(log) as handle:
             result = subprocess.run(
                 [str(Path(sys.executable).with_name("dagster")), "job", "execute",
                  "-m", "backup_pipeline.definitions", "-j", "backup_job"],

@@ -1,0 +1,66 @@
+"""Files and folders made with their modes, whatever the umask, and replaced atomically.
+
+Why: archives, staged table data, logs that name the administrators and the throwaway server's
+password file are private. A container or cron job may run with umask 000, under which
+`open()`, `write_text()` and `mkdir(parents=True)` make files 0666 and folders 0777; so every
+file this project writes is created here, with an explicit mode, and nothing imports Dagster.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+PRIVATE = 0o600
+PRIVATE_DIR = 0o700
+
+
+def make_private_dirs(folder: Path) -> None:
+    """`mkdir -p` with every folder it creates 0700: Path.mkdir(parents=True) gives the parents
+    the umask's mode whatever `mode` says. Folders that exist keep theirs."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+        os.chmod(path, PRIVATE_DIR)
+
+
+def open_private(path: Path, exclusive: bool = False) -> BinaryIO:
+    """`path` opened for writing (truncated), created 0600; never through a symlink."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_EXCL if exclusive else os.O_TRUNC)
+    return os.fdopen(os.open(path, flags, PRIVATE), "wb")
+
+
+def write_private_text(path: Path, text: str) -> bytes:
+    """`text` written to `path` (0600); returns the bytes written, for their size and hash."""
+    data = text.encode()
+    with open_private(path) as handle:
+        handle.write(data)
+    return data
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace `path` with `text` so that readers see the old or the new content, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
