@@ -319,9 +319,10 @@ def _read_response_head(sock: socket.socket) -> bytes:
 
 def test_a_slow_reader_that_keeps_reading_gets_the_whole_archive(tmp_path):
     """The timeout bounds each wait for the client, not the download: this one reads 64 KiB
-    every 60 ms (1 MB/s) and takes three times the timeout. Sending 1 MiB blocks with
-    sendall() would cut it off: sendall's timeout covers the whole block."""
-    timeout, size, tick = 0.5, 2 * 1024 * 1024, 64 * 1024
+    every 120 ms (0.5 MB/s) and takes more than three times the timeout. Sending 1 MiB blocks
+    with sendall() would cut it off: sendall's timeout covers the whole block. (A pause of the
+    reader longer than the timeout minus 120 ms, 0.88 s, would fail it: margin for a busy CI.)"""
+    timeout, size, tick = 1.0, 2 * 1024 * 1024, 64 * 1024
     content = os.urandom(size)
     (tmp_path / NAME).write_bytes(content)
     with serving(tmp_path, timeout=timeout) as server, \
@@ -337,7 +338,7 @@ def test_a_slow_reader_that_keeps_reading_gets_the_whole_archive(tmp_path):
             body += chunk
             if len(chunk) < tick:
                 break
-            time.sleep(0.06)
+            time.sleep(0.12)
         assert head.startswith(b"HTTP/1.0 200 ")
         assert body == content
         assert time.monotonic() - started > 3 * timeout
