@@ -169,5 +169,10 @@ class HeartbeatRunLauncher(DefaultRunLauncher):
             return CheckRunHealthResult(WorkerStatus.RUNNING,
                                         "no heartbeat yet: left to the maximum runtime")
         if quiet.dead:
-            return CheckRunHealthResult(WorkerStatus.FAILED, quiet.message())
+            message = quiet.message()
+            # Reported here, in words: the monitor's own report would wrap them in the repr of
+            # CheckRunHealthResult, which is what the UI and the alert would show. Seeing the
+            # run ended, the monitor does not report it again.
+            self._instance.report_run_failed(run, message)
+            return CheckRunHealthResult(WorkerStatus.FAILED, message)
         return CheckRunHealthResult(WorkerStatus.RUNNING)

@@ -319,6 +319,11 @@ def test_a_killed_run_is_failed_alerted_and_the_queue_moves_on(stack, backup_env
     assert dead["status"] == "FAILURE" and after["status"] == "SUCCESS", stack.log("daemon")
     assert after["startTime"] >= dead["endTime"], "the queued run started beside a dead one"
     assert dead["endTime"] - dead["startTime"] < 60
+    query = """query($id: ID!) { runOrError(runId: $id) { ... on Run { eventConnection {
+                 events { __typename ... on MessageEvent { message } } } } } }"""
+    events = _graphql(stack.web_port, query, {"id": run_id})["runOrError"]["eventConnection"]
+    [failed] = [e["message"] for e in events["events"] if e["__typename"] == "RunFailureEvent"]
+    assert failed.startswith("the run's process stopped sending heartbeats at "), failed
     # The queued run removed what the dead one had staged (its lock died with it).
     assert not (Path(backup_env["BACKUP_DIR"]) / ".staging" / run_id).exists()
 
