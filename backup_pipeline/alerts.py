@@ -32,7 +32,9 @@ def failure_kind(error_text: str) -> str:
     return "backup"
 
 
-def troubleshooting(kind: str, settings: Settings) -> list[str]:
+def troubleshooting(kind: str, settings: Settings, retried: bool = False) -> list[str]:
+    """The steps for `kind`; `retried` says whether the daemon runs the failed run again (a run
+    started with `dagster job execute` is not), which changes what to do next."""
     pg = (f"-h {settings.postgres_host} -p {settings.postgres_port} "
           f"-U {settings.postgres_user}")
     steps = {
@@ -77,7 +79,11 @@ def troubleshooting(kind: str, settings: Settings) -> list[str]:
             "`backup-pipeline status` names on its `last success` line. Its leftover staging "
             f"files in {settings.backup_dir}/.staging are removed by the next run.",
             "The daemon runs it once more by itself (dagster.yaml run_retries); if that one dies "
-            "too, give the service more memory (docker stats) or find what kills it.",
+            "too, give the service more memory (docker stats) or find what kills it."
+            if retried else
+            "This run is NOT tried again (it was started outside the daemon, e.g. with `dagster "
+            "job execute`): once the cause is found, run the backup again: dagster job execute "
+            "-m backup_pipeline.definitions -j backup_job",
         ],
         "email": [
             "Check SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASS, SMTP_SECURITY and ADMIN_EMAILS.",

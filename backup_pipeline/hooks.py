@@ -95,7 +95,7 @@ def send_failure_alert(instance: dg.DagsterInstance, mailer: Mailer, settings: S
         title=f"Smart AI Hub {job} FAILED at {step}",
         step=step, error=error.strip() or "no message", run_id=run_id,
         run_url=run_url(settings, run_id), kind=kind,
-        steps=troubleshooting(kind, settings),
+        steps=troubleshooting(kind, settings, retried),
     )
     ok = False
     try:

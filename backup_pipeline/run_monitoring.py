@@ -65,10 +65,12 @@ class Silence:
         return self.seconds > self.timeout
 
     def message(self) -> str:
+        """Stored in the run's failure and read hours later: times, not "N s ago"."""
         at = datetime.fromtimestamp(self.last_beat, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        return (f"the run's process {DEAD_RUN_PHRASE} at {at} ({self.seconds:.0f} s ago, more "
-                f"than the {self.timeout:g} s allowed): it was killed (kill -9, the out-of-memory "
-                f"killer, a container or host restart) or froze.")
+        declared = datetime.fromtimestamp(self.last_beat + self.seconds, UTC).strftime("%H:%M:%S")
+        return (f"the run's process {DEAD_RUN_PHRASE} at {at}; declared dead at {declared} UTC, "
+                f"{self.seconds:.0f} s later (the limit is {self.timeout:g} s): it was killed "
+                f"(kill -9, the out-of-memory killer, a container or host restart) or froze.")
 
 
 def silence(instance: dg.DagsterInstance, run_id: str, now: float | None = None

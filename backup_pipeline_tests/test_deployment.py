@@ -352,3 +352,5 @@ def test_a_killed_run_is_failed_alerted_and_the_queue_moves_on(stack, backup_env
     assert alert["Subject"].endswith("backup_job FAILED at database_export")
     text = plain_text(alert)
     assert "stopped sending heartbeats" in text and "dmesg" in text, text
+    # Started with `dagster job execute`: the daemon cannot retry it, and the alert says so.
+    assert "This run is NOT tried again" in text and "runs it once more" not in text
