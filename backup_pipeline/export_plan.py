@@ -15,7 +15,8 @@ would be in the archive twice).
 
 The plan also refuses what would make an archive silently short: a table whose row-level
 security policies apply to POSTGRES_USER (the export reads with `row_security = off`, as pg_dump
-does, and names the fix).
+does, and names the fix), and a column that references large objects (their contents live in
+pg_largeobject, not in the rows: the archive would restore the oids and none of the contents).
 
 Every query here renders the same text for the export and for the restore proof, which reads
 the restored database with the same queries and must find the same bytes: the older rows a
@@ -429,6 +430,23 @@ WHERE c.oid = ANY(%(backed_up)s::oid[]) AND row_security_active(c.oid)
 ORDER BY 1
 """
 
+# The columns of the backed-up tables that may reference large objects: of type oid or of a
+# domain over it (the lo extension's `lo`, a domain over that). None when the database holds no
+# large object at all, so that the common case reads no row. pg_largeobject_metadata is readable
+# by every role; pg_largeobject (the contents) only by superusers and pg_read_all_data.
+_OID_COLUMN_QUERY = """
+WITH RECURSIVE oid_types(oid) AS (
+    SELECT 'pg_catalog.oid'::regtype::oid
+    UNION SELECT t.oid FROM pg_type t JOIN oid_types o ON t.typbasetype = o.oid
+          WHERE t.typtype = 'd')
+SELECT a.attrelid::int, a.attname
+FROM pg_attribute a
+WHERE a.attrelid = ANY(%(backed_up)s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+  AND a.atttypid IN (SELECT oid FROM oid_types)
+  AND EXISTS (SELECT FROM pg_largeobject_metadata)
+ORDER BY array_position(%(backed_up)s::oid[], a.attrelid), a.attnum
+"""
+
 # Constraints PostgreSQL holds NOT VALID: a source's are restored so; any other after a restore
 # is a defect (restore_checks).
 _NOT_VALID_QUERY = """
@@ -537,6 +555,44 @@ def _check_row_security(conn: psycopg.Connection, backed_up: list[int], user: st
         )
 
 
+def _large_objects_in(table: TableInfo, column: str) -> sql.Composable:
+    """The first large object `column` references, and how many. Values that are no large
+    object's (NULL, catalogue oids kept for bookkeeping) match nothing.
+
+    One scan of the table, joined to pg_largeobject_metadata (hashed, or merged along its oid
+    index), never a look-up per row: 0.15 s for 2 M rows (245 MB) against 500,000 large objects
+    none of which they reference, 0.26 s when 500,000 of the rows do (warm cache).
+    """
+    return sql.SQL(
+        "SELECT min(t.{col})::bigint, count(DISTINCT t.{col}) FROM {src} t WHERE EXISTS "
+        "(SELECT FROM pg_catalog.pg_largeobject_metadata m WHERE m.oid = t.{col})"
+    ).format(col=sql.Identifier(column), src=table.source)
+
+
+def _check_large_objects(conn: psycopg.Connection, critical: list[TableInfo],
+                         windowed: list[WindowedTable]) -> None:
+    """The export copies rows, and a large object is not in its row: restored, the row would
+    keep an oid whose contents are gone, and the restore proof, comparing the rows, would pass.
+    An oid column that references no large object is no reason to refuse. A windowed table is
+    checked whole: only the rows the archive keeps (the window and the older rows it references)
+    would cost the export's own read once more, so one whose large objects are all older than
+    its window is refused too."""
+    tables = {t.oid: (t, "BACKUP_TABLES") for t in critical}
+    tables.update({w.table.oid: (w.table, "BACKUP_TRANSACTION_TABLES") for w in windowed})
+    columns = conn.execute(_OID_COLUMN_QUERY, {"backed_up": list(tables)}).fetchall()
+    for oid, column in columns:
+        table, variable = tables[oid]
+        first, count = conn.execute(_large_objects_in(table, column)).fetchone()
+        if count:
+            more = f" and {count - 1} more" if count > 1 else ""
+            raise ExportPlanError(
+                f"{table.qualified}.{column} holds large objects (oid {first}{more}), which this "
+                f"backup does not carry: a restore would have the rows but not their contents. "
+                f"Store the contents in a bytea column, or stop backing up {table.qualified} "
+                f"({variable})."
+            )
+
+
 def _foreign_keys(conn: psycopg.Connection, backed_up: list[int]) -> list[ForeignKey]:
     """The keys between backed-up tables; a key from a backed-up table into one that is not
     fails the run, naming the fix."""
@@ -580,6 +636,7 @@ def build_plan(conn: psycopg.Connection, settings: Settings, cutoff: datetime) -
     _check_row_security(conn, backed_up, user)
     plan = ExportPlan(critical, windowed, cutoff, settings.transaction_months,
                       _foreign_keys(conn, backed_up), not_valid_constraints(conn))
+    _check_large_objects(conn, critical, windowed)
     for entry in windowed:
         explained = conn.execute(plan.window_estimate(entry)).fetchone()
         plan.estimated_in_window[entry.table.oid] = float(explained[0][0]["Plan"]["Plan Rows"])

@@ -1,6 +1,7 @@
 """Schemas on which an earlier version made an archive that did not restore, or a proof that
 failed a good archive: each is backed up and must pass its restore proof, then restore with
-`restore` and come back with the source's rows."""
+`restore` and come back with the source's rows. Then the schemas an archive cannot carry (large
+objects), which must fail the run before it exports anything."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from backup_pipeline.restore import restore_archive
 from backup_pipeline_tests.conftest import drop_database, schema_env
-from backup_pipeline_tests.helpers import archives, run_backup
+from backup_pipeline_tests.helpers import archives, run_backup, scalar
 
 # A small windowed table for the cases that only need whole tables.
 TICKS = """
@@ -85,6 +86,18 @@ CASES = {
                                   FOREIGN KEY (a, b) REFERENCES entries_new (a, b));
         INSERT INTO settlements VALUES (1, 1, 1, now()), (2, 2, 2, now()), (3, 3, 3, now());
     """, {"BACKUP_TABLES": "settlements", "BACKUP_TRANSACTION_TABLES": "entries:at"}),
+    # oid columns that hold no large object, while the database holds some elsewhere: one always
+    # NULL (of the lo extension's domain and plain oid), one holding catalogue oids and a number.
+    "oid_columns_without_large_objects": ("", TICKS + """
+        CREATE EXTENSION lo;
+        CREATE TABLE scans (id int PRIMARY KEY, content lo);
+        INSERT INTO scans VALUES (1, lo_from_bytea(0, 'not backed up'));
+        CREATE TABLE drafts (id int PRIMARY KEY, body text, content lo, attachment oid);
+        INSERT INTO drafts SELECT g, 'draft ' || g, NULL, NULL FROM generate_series(1, 20) g;
+        CREATE TABLE watched (id int PRIMARY KEY, rel oid NOT NULL, at timestamptz NOT NULL);
+        INSERT INTO watched VALUES (1, 'pg_class'::regclass, now()), (2, 'drafts'::regclass, now()),
+                                   (3, 4294967295, now());
+    """, {"BACKUP_TABLES": "drafts", "BACKUP_TRANSACTION_TABLES": "ticks:at,watched:at"}),
 }
 
 
@@ -116,6 +129,82 @@ def test_the_archive_is_proven_and_restores(case, server, instance, tmp_path, mo
         assert report.ok, report.problems
         for table in tables["BACKUP_TABLES"].split(","):
             assert same_rows(server.dsn(restored), table) == same_rows(server.dsn(name), table)
+        # Large objects are not carried, so none comes back, not even an empty one.
+        assert scalar(server.dsn(restored), "SELECT count(*) FROM pg_largeobject_metadata") == 0
     finally:
         for database in (name, scratch, restored):
             drop_database(server, database)
+
+
+# Large objects live in pg_largeobject, not in the rows that hold their oids: an archive of the
+# rows alone would restore every oid and none of the contents. `documents` holds them through the
+# lo extension's domain and is backed up whole; `uploads` through a plain oid column, by window.
+LARGE_OBJECTS = TICKS + """
+    CREATE EXTENSION lo;
+    CREATE TABLE documents (id int PRIMARY KEY, title text, content lo);
+    INSERT INTO documents SELECT g, 'page ' || g, lo_from_bytea(0, convert_to('text ' || g, 'UTF8'))
+    FROM generate_series(1, 3) g;
+    INSERT INTO documents VALUES (4, 'no content yet', NULL);
+    CREATE TABLE uploads (id int PRIMARY KEY, at timestamptz NOT NULL, blob oid);
+    INSERT INTO uploads VALUES (1, now(), lo_create(0)), (2, now(), NULL);
+"""
+
+# BACKUP_TABLES, BACKUP_TRANSACTION_TABLES, the table and column the refusal names, and the list
+# its fix names.
+REFUSED = {
+    "lo_column_of_a_table_backed_up_whole": ("documents", "ticks:at", "documents", "content",
+                                             "BACKUP_TABLES"),
+    "oid_column_of_a_transaction_window": ("ticks", "uploads:at", "uploads", "blob",
+                                           "BACKUP_TRANSACTION_TABLES"),
+}
+
+
+@pytest.fixture
+def table_reader(server):
+    """A LOGIN role that may read the tables and sequences and nothing more: it cannot read
+    pg_largeobject (pg_read_all_data could), only pg_largeobject_metadata, as every role can."""
+    role = f"bp_reader_{uuid.uuid4().hex[:8]}"
+    with server.admin() as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'reader_pw'")
+    yield role
+    with server.admin() as conn:
+        conn.execute(f"DROP ROLE {role}")
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_large_objects_fail_the_export_before_it_writes(case, server, instance, table_reader,
+                                                        tmp_path, monkeypatch):
+    """A backed-up column referencing large objects fails database_export up front, naming the
+    column, its first large object, how many more, and the fix: an archive without the contents
+    would restore, and its proof pass, with every document empty."""
+    critical, windows, table, column, variable = REFUSED[case]
+    name = f"bp_edge_{uuid.uuid4().hex[:10]}"
+    with server.admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with psycopg.connect(server.dsn(name), autocommit=True) as conn:
+            conn.execute(LARGE_OBJECTS)
+            conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {table_reader}; "
+                         f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {table_reader}")
+            first, count = conn.execute(
+                f"SELECT min({column})::bigint, count({column}) FROM {table}").fetchone()
+        env = schema_env(server, name, tmp_path, monkeypatch, BACKUP_TABLES=critical,
+                         BACKUP_TRANSACTION_TABLES=windows, POSTGRES_USER=table_reader,
+                         POSTGRES_PASSWORD="reader_pw")
+        result = run_backup(env, instance)
+        failures = [e for e in result.all_events if e.is_step_failure]
+        assert [e.step_key for e in failures] == ["database_export"]
+        [failure] = failures
+        cause = failure.event_specific_data.error.cause
+        assert cause.cls_name == "ExportPlanError", cause.to_string()
+        more = f" and {count - 1} more" if count > 1 else ""
+        assert cause.message.strip() == (
+            f"backup_pipeline.export_plan.ExportPlanError: public.{table}.{column} holds large "
+            f"objects (oid {first}{more}), which this backup does not carry: a restore would have "
+            f"the rows but not their contents. Store the contents in a bytea column, or stop "
+            f"backing up public.{table} ({variable}).")
+        # The plan is made before the export reads or writes anything.
+        assert any("in build_plan" in frame for frame in cause.stack)
+        assert archives(env["BACKUP_DIR"]) == []
+    finally:
+        drop_database(server, name)

@@ -97,6 +97,9 @@ class Snapshot:
             "--no-tablespaces",
             "--no-subscriptions",
             "--no-publications",
+            # Large objects are not backed up (export_plan refuses a backed-up table that
+            # references one): without this, pre-data would recreate every one of them empty.
+            "--no-blobs",
             f"--lock-wait-timeout={int(self.resource.lock_timeout_seconds)}s",
             f"--file={target}",
             *args,
