@@ -149,6 +149,10 @@ def test_archive_restores_completely_by_following_backup_info(
 
     # Step 6 put the configuration back.
     assert (project / ".env.production").read_text().startswith("POSTGRES_PASSWORD=")
+    # Readable by the stack's backup service (group 10001), or the next backup could not copy it.
+    for path in [project / ".env.production", project / "ssl" / "key.pem"]:
+        info = path.stat()
+        assert info.st_gid == 10001 and info.st_mode & 0o040 and not info.st_mode & 0o007, path
     assert (project / "ssl" / "key.pem").exists()
 
 
