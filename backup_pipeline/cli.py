@@ -7,6 +7,10 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from backup_pipeline.restore import RestoreReport
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -46,14 +50,28 @@ def _restore(args: argparse.Namespace) -> int:
             no_owner=args.no_owner, progress=progress,
         )
     except (RestoreError, OSError, ValueError, psycopg.Error, PgDumpError) as error:
-        # Whatever went wrong, nothing was committed: say so in one line, no traceback.
+        # Refused, or failed before its commit (a configuration that cannot be written after
+        # the commit is in the report instead): one line, no traceback.
         print(f"RESTORE FAILED: {error}", file=sys.stderr)
         return 2
+    return _restore_outcome(args, report)
+
+
+def _restore_outcome(args: argparse.Namespace, report: RestoreReport) -> int:
+    """The database's verdict, then the configuration's, each on its own: a configuration
+    not written does not undo a committed restore, so it gets its own line and exit code 3
+    (1 still wins: a database that differs from the archive matters more)."""
+    from backup_pipeline.restore import extract_config_command
+
     print(report.table_text())
     for name in report.config_written:
         print(f"config: {args.config_to}/{name}")
     verdict = "RESTORE OK" if report.ok else "RESTORE INCOMPLETE: see MISMATCH above"
-    print(f"{verdict} into {report.target} in {report.seconds:.1f} s")
+    print(f"{verdict} into {report.target} in {report.seconds:.1f} s", flush=True)
+    if report.config_problem:
+        print(f"CONFIG NOT WRITTEN: {report.config_problem}; the database restore above stands. "
+              f"Extract it by hand: {extract_config_command(report.archive)}", file=sys.stderr)
+        return 3 if report.ok else 1
     return 0 if report.ok else 1
 
 

@@ -13,6 +13,12 @@ backup run is this same code.
 A partial restore (`tables`) merges the archive's rows of the named tables into an existing
 database by primary key: rows changed or deleted since the backup come back, rows added since are
 kept, and no other table is touched.
+
+With `config_to`, the archive's config/ folder is written out too. Whether that folder can be
+written is checked before the database is touched (a file given for the folder is refused, with
+nothing changed); what can only fail later (a full disk) fails after the database is committed,
+and is then reported beside the restore (`RestoreReport.config_problem`), never as a failed
+restore: the database restore stands.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -34,7 +41,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from backup_pipeline import layout
 from backup_pipeline.export_plan import table_source
-from backup_pipeline.files import make_private_dirs
+from backup_pipeline.files import make_private_dirs, open_private
 from backup_pipeline.pg import reader_settings
 from backup_pipeline.restore_checks import compare_content, invalid_constraints, sequences_behind
 from backup_pipeline.restore_load import LoadError, copy_rows, load_archive
@@ -80,6 +87,9 @@ class RestoreReport:
     # Seconds of each step (verify_and_extract, load, compare): where a restore spends its time.
     phases: dict[str, float] = field(default_factory=dict)
     config_written: list[str] = field(default_factory=list)
+    # Why the configuration was not (all) written, after the database was committed: the
+    # database restore stands, whatever this says.
+    config_problem: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -444,34 +454,98 @@ def partial_restore(workdir: Path, dsn: str, manifest: dict, tables: list[str],
     return results
 
 
-def write_config(workdir: Path, manifest: dict, target: Path, progress: Progress) -> list[str]:
-    """Copy config/ out as it was, private (0600 files, 0700 folders), never through a link.
+def config_files(manifest: dict | None) -> list[PurePosixPath]:
+    """The manifest's files under config/, relative to it: the files --config-to writes. Only
+    those, and only paths that stay inside the folder; a manifest not yet verified (or not one at
+    all) gives what it can."""
+    found = []
+    for entry in (manifest or {}).get("files", []):
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if isinstance(path, str) and path.startswith(f"{layout.CONFIG_DIR}/") \
+                and ".." not in PurePosixPath(path).parts:
+            found.append(PurePosixPath(path).relative_to(layout.CONFIG_DIR))
+    return found
+
+
+def _not_a_folder(path: Path) -> str:
+    kind = ("a symbolic link to nothing" if path.is_symlink() and not path.exists()
+            else "a file" if path.is_file() else "not a folder")
+    return f"{path} is {kind}"
+
+
+def unwritable_config_reason(target: Path, files: list[PurePosixPath]) -> str | None:
+    """Why the configuration cannot be written to `target`, or None. Checked before the database
+    is touched, so that the usual mistakes (a file named as the folder, or under a file, a folder
+    this user may not write, a folder or link where a file goes) refuse the restore with nothing
+    changed. A full disk can still fail the writing later."""
+    existing = target
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        return _not_a_folder(existing) + ("" if existing == target else
+                                          f", so {target} cannot be created under it")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".backup_pipeline_probe_", dir=existing))
+    except OSError as error:
+        return f"{existing} is not writable by this user ({error.strerror})"
+    for relative in files:
+        destination = target.joinpath(*relative.parts)
+        for folder in reversed(destination.parents):
+            if folder.is_relative_to(target) and os.path.lexists(folder) and not folder.is_dir():
+                return _not_a_folder(folder) + f", where the archive has the folder of {relative}"
+        if os.path.lexists(destination) and (destination.is_symlink()
+                                             or not destination.is_file()):
+            return (f"{destination} is a symbolic link or a folder: the restore replaces files, "
+                    f"never writes through a link or over a folder")
+    return None
+
+
+def write_config(workdir: Path, manifest: dict, target: Path) -> Iterator[str]:
+    """Copy config/ out as it was, private (0600 files, 0700 folders), never through a link;
+    yields each file's name once it is written. Each file replaces the one of its name whole,
+    through a temporary file beside it: a write that fails (a full disk) leaves no half file.
 
     Only files the verification checked (the manifest's files under config/) are written, and
     only inside `target`.
     """
-    written = []
-    prefix = f"{layout.CONFIG_DIR}/"
-    for entry in manifest["files"]:
-        relative = PurePosixPath(entry["path"])
-        if not entry["path"].startswith(prefix) or ".." in relative.parts:
-            continue
-        destination = target.joinpath(*relative.parts[1:])
+    for relative in config_files(manifest):
+        destination = target.joinpath(*relative.parts)
         make_private_dirs(destination.parent)
-        fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as out, (workdir / entry["path"]).open("rb") as source:
-            shutil.copyfileobj(source, out)
-        os.chmod(destination, 0o600)
-        written.append(str(destination.relative_to(target)))
-    if written:
-        progress(f"wrote {len(written)} config files to {target}")
-    return written
+        partial = destination.with_name(f".{destination.name}.{os.getpid()}.restoring")
+        try:
+            with open_private(partial, exclusive=True) as out, \
+                    (workdir / layout.CONFIG_DIR).joinpath(*relative.parts).open("rb") as source:
+                shutil.copyfileobj(source, out)
+            os.chmod(partial, 0o600)
+            os.replace(partial, destination)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        yield str(relative)
 
 
-def _extracted(archive: Path, workdir: Path, progress: Progress) -> dict:
+def _write_config_after_restore(workdir: Path, manifest: dict, target: Path,
+                                report: RestoreReport, progress: Progress) -> None:
+    """write_config, after the database was committed: a failure now is reported in `report`,
+    never raised, for the restore it would seem to fail is done and stands."""
+    files = config_files(manifest)
+    try:
+        for name in write_config(workdir, manifest, target):
+            report.config_written.append(name)
+    except OSError as error:
+        done = len(report.config_written)
+        report.config_problem = (
+            f"could not write the configuration to {target}: {error.strerror or error} (writing "
+            f"{files[done]}); {done} of {len(files)} files were written")
+        return
+    if report.config_written:
+        progress(f"wrote {len(report.config_written)} config files to {target}")
+
+
+def _extracted(archive: Path, workdir: Path, listed: dict | None, progress: Progress) -> dict:
     """Verify and extract into `workdir` (in TMPDIR): a full TMPDIR is named, with the room the
-    archive needs, before it is filled if the manifest says so, or as soon as a write fails."""
-    listed = read_manifest(archive)
+    archive needs, before it is filled if the manifest (`listed`, not yet verified) says so, or
+    as soon as a write fails."""
     needed = sum(f["size"] for f in (listed or {}).get("files", [])
                  if isinstance(f, dict) and isinstance(f.get("size"), int))
     free = shutil.disk_usage(workdir).free
@@ -493,16 +567,37 @@ def _no_room(workdir: Path, needed: int, free: int) -> str:
             f"Point TMPDIR at a folder with room: TMPDIR=/var/tmp backup-pipeline restore ...")
 
 
+def _refuse_unwritable_config(archive: Path, target: Path, listed: dict | None) -> None:
+    reason = unwritable_config_reason(target, config_files(listed))
+    if reason:
+        raise RestoreError(
+            f"refusing to restore: the configuration cannot be written to {target}: {reason}. "
+            f"Nothing was changed. Give --config-to a folder that can be created or written "
+            f"(a new, empty one), or leave --config-to out and extract config/ later by hand: "
+            f"{extract_config_command(archive)}")
+
+
+def extract_config_command(archive: Path) -> str:
+    """The shell command that gets the configuration out of `archive` without this program."""
+    return f"tar -xzf {shlex.quote(str(archive))} -C <folder> --no-same-owner {layout.CONFIG_DIR}"
+
+
 def restore_archive(archive: Path, target_dsn: str, *, force: bool = False,
                     tables: list[str] | None = None, config_to: Path | None = None,
                     no_owner: bool = False, progress: Progress = print) -> RestoreReport:
-    """Verify, then restore `archive` into `target_dsn` (everything, or only `tables`)."""
+    """Verify, then restore `archive` into `target_dsn` (everything, or only `tables`), and
+    write its configuration to `config_to`. RestoreError means nothing was changed. A
+    configuration that cannot be written is refused up front when it can be known then; when
+    it fails only after the commit, it is `report.config_problem`, never an exception."""
     started = time.monotonic()
     archive = Path(archive)
     report = RestoreReport(archive=archive, target=describe_target(target_dsn))
+    listed = read_manifest(archive)
+    if config_to is not None:
+        _refuse_unwritable_config(archive, Path(config_to), listed)
     with tempfile.TemporaryDirectory(prefix="backup_pipeline_restore_") as folder:
         workdir = Path(folder)
-        manifest = _extracted(archive, workdir, progress)
+        manifest = _extracted(archive, workdir, listed, progress)
         report.phases["verify_and_extract"] = round(time.monotonic() - started, 2)
         if tables:
             report.tables = partial_restore(workdir, target_dsn, manifest, tables, progress)
@@ -522,6 +617,6 @@ def restore_archive(archive: Path, target_dsn: str, *, force: bool = False,
             compare_restored(target_dsn, manifest, report)
             report.phases["compare"] = round(time.monotonic() - comparing, 2)
         if config_to is not None:
-            report.config_written = write_config(workdir, manifest, Path(config_to), progress)
+            _write_config_after_restore(workdir, manifest, Path(config_to), report, progress)
     report.seconds = time.monotonic() - started
     return report

@@ -8,23 +8,31 @@ row count. Memory stays flat: files are hashed and parsed as they stream, and th
 read whole, the manifest, is refused unread when it is larger than its cap (layout.py). The
 members others read whole (BACKUP_INFO.txt, and the schema files the restore loads) are held to
 their caps too, as they stream.
+
+An archive that breaks (cut short, or corrupt) is checked up to the break, and the report says
+where it breaks: in which member, at which byte. The files before it are checked as usual; the
+ones from it on are "cut off" or "not reached", never "missing": nothing says they were not
+written.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
-import gzip
 import hashlib
 import io
 import json
 import os
+import queue
 import tarfile
+import threading
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
-from isal import igzip_threaded, isal_zlib
+from isal import igzip_lib
 
 from backup_pipeline import layout
 from backup_pipeline.pg import PG_DUMP_COMPLETE
@@ -56,6 +64,24 @@ CHECKSUMS = "checksums"  # files against the manifest: missing, different, unexp
 READABILITY = "readability"  # dumps and CSVs parse, with the manifest's row counts
 
 
+@dataclass(frozen=True)
+class ArchiveBreak:
+    """Where the archive stops being readable (cut short, or corrupt). Every member before it was
+    read and checked, so only the files from `member` on are unaccounted for: they are reported
+    as cut off or not reached, never as missing from the archive."""
+
+    at: str  # e.g. "at byte 71,787, where the file ends"
+    member: str | None  # the member whose data it cuts
+    after: str | None = None  # else the member it follows (None: it breaks before the first)
+
+    @property
+    def where(self) -> str:
+        if self.member:
+            return f"{self.at}, inside {self.member}"
+        return f"{self.at}, " + (f"after {self.after}" if self.after else
+                                 "before its first member")
+
+
 @dataclass
 class VerificationReport:
     archive: Path
@@ -63,6 +89,7 @@ class VerificationReport:
     manifest: dict | None = None
     files: dict[str, FileCheck] = field(default_factory=dict)
     found: list[tuple[str, str]] = field(default_factory=list)
+    broken: ArchiveBreak | None = None
 
     def add(self, kind: str, problem: str) -> None:
         self.found.append((kind, problem))
@@ -110,19 +137,138 @@ class _HashingReader(io.RawIOBase):
             pass
 
 
+class GzipBreak(Exception):
+    """The series of gzip members stops being valid: cut short, or corrupt. Every decompressed
+    byte before `tar_offset` was delivered, intact (its CRC aside, when that is what broke)."""
+
+    def __init__(self, what: str, at: str, tar_offset: int) -> None:
+        super().__init__(f"{what}, {at}")
+        self.what = what
+        self.at = at
+        self.tar_offset = tar_offset
+
+
+def _inflated(raw: BinaryIO) -> Iterator[bytes]:
+    """The decompressed bytes of the gzip members in `raw`, block by block, then GzipBreak where
+    they stop being valid. A gzip reader drops the block it was decompressing when the stream
+    breaks (up to a megabyte: the manifest of a small archive); here every good byte comes out
+    first, and the break says at which bytes of the file it happened."""
+    inflater = None
+    start = fed = produced = 0  # the file's bytes given to ISA-L: the last chunk starts at start
+    pending = b""
+    while True:
+        if inflater is None or inflater.needs_input:
+            if not pending and not (pending := raw.read(CHUNK)):
+                break
+            if inflater is None:
+                # Zero bytes after a member are padding, which gzip itself skips too.
+                kept = pending.lstrip(b"\0")
+                fed, pending = fed + len(pending) - len(kept), kept
+                if not pending:
+                    continue
+                inflater = igzip_lib.IgzipDecompressor(igzip_lib.DECOMP_GZIP)
+            start, data, pending = fed, pending, b""
+            fed += len(data)
+        else:
+            data = b""  # ISA-L still holds input: the output was capped at CHUNK
+        try:
+            block = inflater.decompress(data, CHUNK)
+        except igzip_lib.IsalError as error:
+            raise GzipBreak(f"the gzip stream is corrupt ({error})",
+                            f"between bytes {start:,} and {fed:,} of the file", produced) from None
+        produced += len(block)
+        if block:
+            yield block
+        if inflater.eof:
+            pending = inflater.unused_data
+            fed -= len(pending)
+            inflater = None
+    if inflater is not None:
+        raise GzipBreak("the archive is truncated: the gzip stream ends early",
+                        f"at byte {fed:,}, where the file ends", produced)
+
+
+class _GzipStream(io.RawIOBase):
+    """The decompressed archive, inflated by ISA-L in a thread of its own while the caller
+    hashes and parses (as fast as isal's igzip_threaded, which loses the data before a break):
+    the blocks of _inflated, then its GzipBreak (or the OSError of reading the file), in order."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self._blocks: queue.Queue[bytes | Exception] = queue.Queue(maxsize=4)
+        self._stop = threading.Event()
+        self._block = memoryview(b"")
+        self._end: Exception | None = None
+        self._ended = False
+        self._worker = threading.Thread(target=self._inflate, args=(raw,), daemon=True)
+        self._worker.start()
+
+    def _inflate(self, raw: BinaryIO) -> None:
+        try:
+            for block in _inflated(raw):
+                if not self._put(block):
+                    return
+            self._put(b"")
+        except Exception as error:  # raised again in the reading thread, in order
+            self._put(error)
+
+    def _put(self, item: bytes | Exception) -> bool:
+        """Hand `item` to the reader; False once the reader closed the stream."""
+        while not self._stop.is_set():
+            try:
+                self._blocks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    @property
+    def ended_cleanly(self) -> bool:
+        """Every gzip member was whole and nothing followed: the caller read to the end."""
+        return self._ended and self._end is None and not self._block
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._block:
+            if self._ended:
+                if self._end is not None:
+                    raise self._end
+                return 0
+            item = self._blocks.get()
+            if isinstance(item, Exception) or not item:
+                self._ended, self._end = True, item or None
+                continue
+            self._block = memoryview(item)
+        count = min(len(buffer), len(self._block))
+        buffer[:count] = self._block[:count]
+        self._block = self._block[count:]
+        return count
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stop.set()
+            self._worker.join()
+        super().close()
+
+
 class _ForwardReader:
     """The decompressed stream as a file tarfile can read in its random-access mode: it only
     ever seeks forward (over data nobody read), and that mode hands each member's reads straight
     to the stream, where the streaming mode copies every block through its own buffer (a third
-    of the verification's time)."""
+    of the verification's time). It keeps its last read: tarfile ends its iteration silently at
+    a header it cannot read, and only that block tells the end of the archive from a cut."""
 
     def __init__(self, stream: io.BufferedReader) -> None:
         self._stream = stream
         self._position = 0
+        self.last_read = b""
 
     def read(self, size: int = -1) -> bytes:
         data = self._stream.read(size)
         self._position += len(data)
+        self.last_read = data
         return data
 
     def tell(self) -> int:
@@ -336,47 +482,103 @@ def _readability_problem(path: str, stream: io.BufferedReader, tables: dict[str,
     return None
 
 
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, report: VerificationReport,
+                 tables: dict[str, dict], extract_to: Path | None) -> None:
+    """Check one member as it streams by (and extract it, with `extract_to`)."""
+    reason = unsafe_member_reason(member)
+    if reason:
+        report.add(INTEGRITY, f"{member.name} {reason}: refusing the archive")
+        return
+    if not member.isfile():
+        return
+    if member.name in report.files or (member.name == layout.MANIFEST
+                                       and report.manifest is not None):
+        report.add(INTEGRITY, f"{member.name} appears twice: refusing the archive")
+        return
+    source = tar.extractfile(member)
+    assert source is not None
+    hashing = _HashingReader(source)
+    buffered = io.BufferedReader(hashing, CHUNK)
+    if member.name == layout.MANIFEST:
+        _load_manifest(member, buffered, report)
+        return
+    if extract_to is None:
+        problem = _readability_problem(member.name, buffered, tables)
+        while buffered.read(CHUNK):
+            pass
+    else:
+        problem = None
+        _write_member(extract_to, member.name, buffered)
+    report.files[member.name] = FileCheck(member.name, hashing.size, hashing.hash.hexdigest(),
+                                          problem)
+    if member.name in _CAPS and hashing.size > _CAPS[member.name][0]:
+        report.add(CHECKSUMS, _too_large(member.name, f"{hashing.size:,} bytes",
+                                         *_CAPS[member.name]))
+
+
+def _end_problem(last_header: bytes) -> str | None:
+    """Why the block tarfile stopped at is not the end-of-archive marker (a block of zeros), or
+    None. tarfile ends its iteration silently at a header it cannot read."""
+    if last_header == tarfile.NUL * tarfile.BLOCKSIZE:
+        return None
+    if len(last_header) < tarfile.BLOCKSIZE:
+        return ("the archive is truncated: the tar stream ends without its end-of-archive "
+                "marker")
+    return "the tar structure is corrupt: a member's header is not a valid tar header"
+
+
+def _record_break(report: VerificationReport, what: str, at: str,
+                  members: list[tarfile.TarInfo], tar_offset: int) -> None:
+    """The break as one integrity problem, and in `report.broken` for the files it leaves
+    unread: the member whose data it cuts, or the one it follows."""
+    last = members[-1] if members else None
+    if last is not None and tar_offset < last.offset_data + last.size:
+        report.broken = ArchiveBreak(at, member=last.name)
+    else:
+        report.broken = ArchiveBreak(at, member=None, after=last.name if last else None)
+    report.add(INTEGRITY, f"{what}, {report.broken.where}: everything before that was read "
+                          f"and checked")
+
+
 def _read_members(archive: Path, report: VerificationReport, tables: dict[str, dict],
                   extract_to: Path | None) -> None:
-    # Decompression runs in its own thread (ISA-L), hashing and parsing in this one.
-    with archive.open("rb") as raw, igzip_threaded.open(raw, "rb", threads=1) as gz:
-        with tarfile.open(fileobj=_ForwardReader(gz), mode="r:") as tar:
-            for member in tar:
-                reason = unsafe_member_reason(member)
-                if reason:
-                    report.add(INTEGRITY, f"{member.name} {reason}: refusing the archive")
-                    continue
-                if not member.isfile():
-                    continue
-                seen = member.name in report.files or (
-                    member.name == layout.MANIFEST and report.manifest is not None)
-                if seen:
-                    report.add(INTEGRITY, f"{member.name} appears twice: refusing the archive")
-                    continue
-                source = tar.extractfile(member)
-                assert source is not None
-                hashing = _HashingReader(source)
-                buffered = io.BufferedReader(hashing, CHUNK)
-                if member.name == layout.MANIFEST:
-                    _load_manifest(member, buffered, report)
-                    continue
-                if extract_to is None:
-                    problem = _readability_problem(member.name, buffered, tables)
-                    while buffered.read(CHUNK):
-                        pass
-                else:
-                    problem = None
-                    _write_member(extract_to, member.name, buffered)
-                report.files[member.name] = FileCheck(
-                    member.name, hashing.size, hashing.hash.hexdigest(), problem
-                )
-                if member.name in _CAPS and hashing.size > _CAPS[member.name][0]:
-                    report.add(CHECKSUMS, _too_large(member.name, f"{hashing.size:,} bytes",
-                                                     *_CAPS[member.name]))
-        # The tar reader stops at the end-of-archive blocks; read to the end of the gzip stream
-        # so its CRC and length are checked too.
-        while gz.read(CHUNK):
-            pass
+    """One pass over the archive, every member checked as it streams by. Where the gzip or
+    tar stream breaks, `report.broken` says where, and what was read before it stands."""
+    members: list[tarfile.TarInfo] = []
+    with archive.open("rb") as raw, _GzipStream(raw) as stream, \
+            io.BufferedReader(stream, CHUNK) as gz:
+        forward = _ForwardReader(gz)
+        try:
+            with tarfile.open(fileobj=forward, mode="r:") as tar:
+                members = tar.members
+                for member in tar:
+                    _read_member(tar, member, report, tables, extract_to)
+                problem = _end_problem(forward.last_read)
+                if problem:
+                    _record_break(report, problem, _tar_position(report, stream, tar.offset),
+                                  members, tar.offset)
+                    return
+            # The tar reader stops at the end-of-archive blocks; read to the end of the gzip
+            # stream so its CRC and length are checked too.
+            while gz.read(CHUNK):
+                pass
+        except GzipBreak as error:
+            _record_break(report, error.what, error.at, members, error.tar_offset)
+        except tarfile.TarError as error:
+            what = ("the archive is truncated: the tar stream stops early, where the gzip data "
+                    "ends" if stream.ended_cleanly else
+                    f"the tar structure is corrupt ({error})")
+            _record_break(report, what, _tar_position(report, stream, forward.tell()), members,
+                          forward.tell())
+
+
+def _tar_position(report: VerificationReport, stream: _GzipStream, tar_offset: int) -> str:
+    """Where in the file a tar-level break is: its end, when the gzip members were whole and
+    it was read to the end (the series was cut at a member's end); else only the offset in the
+    decompressed tar stream is known."""
+    if stream.ended_cleanly:
+        return f"at byte {report.size_bytes:,}, where the file ends"
+    return f"{tar_offset:,} bytes into the tar stream"
 
 
 def _load_manifest(member: tarfile.TarInfo, stream: io.BufferedReader,
@@ -448,23 +650,19 @@ def verify_archive(archive: Path, extract_to: Path | None = None) -> Verificatio
     archive = Path(archive)
     report = VerificationReport(archive=archive, size_bytes=archive.stat().st_size)
     tables = _manifest_tables(archive) if extract_to is None else {}
-    try:
-        _read_members(archive, report, tables, extract_to)
-    except (gzip.BadGzipFile, zlib.error, isal_zlib.error) as error:
-        report.add(INTEGRITY, f"the gzip stream is corrupt: {error}")
-    except EOFError:
-        report.add(INTEGRITY, "the archive is truncated: the gzip stream ends early")
-    except tarfile.TarError as error:
-        report.add(INTEGRITY, f"the tar structure is corrupt: {error}")
+    _read_members(archive, report, tables, extract_to)
     if report.manifest is None:
-        if not report.problems_of(CHECKSUMS):
+        if report.broken:
+            report.add(CHECKSUMS, f"{layout.MANIFEST} was not read whole (the archive breaks "
+                                  f"{report.broken.where}): no file could be checked against it")
+        elif not report.problems_of(CHECKSUMS):
             report.add(CHECKSUMS, f"{layout.MANIFEST} is missing")
         return report
     listed = {entry["path"]: entry for entry in report.manifest.get("files", [])}
     for path, entry in listed.items():
         found = report.files.get(path)
         if found is None:
-            report.add(CHECKSUMS, f"{path} is listed in the manifest but missing")
+            report.add(CHECKSUMS, _absent(path, report.broken))
         elif found.size != entry["size"] or found.sha256 != entry["sha256"]:
             report.add(
                 CHECKSUMS,
@@ -477,3 +675,13 @@ def verify_archive(archive: Path, extract_to: Path | None = None) -> Verificatio
         if found.problem:
             report.add(READABILITY, f"{path} is not readable: {found.problem}")
     return report
+
+
+def _absent(path: str, broken: ArchiveBreak | None) -> str:
+    """Why a file the manifest lists was not checked: in an archive that breaks, the file was
+    cut off or never reached, which says nothing about whether it was written."""
+    if broken is None:
+        return f"{path} is listed in the manifest but missing"
+    if broken.member == path:
+        return f"{path} is cut off: the archive breaks inside it, {broken.at}"
+    return f"{path} was not reached (the archive breaks {broken.where})"

@@ -87,6 +87,70 @@ def test_restore_into_a_new_database(archive, server, source_db, scratch_db, tmp
     assert (config / "ssl" / "key.pem").stat().st_mode & 0o777 == 0o600
 
 
+def database_exists(server, name: str) -> bool:
+    return scalar(server.dsn("postgres"), "SELECT count(*) FROM pg_database WHERE datname = %s",
+                  (name,)) == 1
+
+
+@pytest.mark.parametrize("mistake", ["a_file", "under_a_file", "a_folder_where_a_file_goes",
+                                     "a_file_where_a_folder_goes"])
+def test_a_config_folder_that_cannot_be_written_is_refused_before_the_database(
+        archive, server, scratch_db, tmp_path, mistake):
+    """The usual --config-to mistakes are found before the database is touched, so that
+    RESTORE FAILED (exit 2) is true: nothing was changed."""
+    given = tmp_path / "given"
+    given.write_text("not a folder\n")
+    folder = tmp_path / "restored_config"
+    if mistake == "a_folder_where_a_file_goes":
+        (folder / ".env.production").mkdir(parents=True)
+    elif mistake == "a_file_where_a_folder_goes":
+        folder.mkdir()
+        (folder / "ssl").write_text("not a folder\n")
+    target, reason = {
+        "a_file": (given, f"{given} is a file."),
+        "under_a_file": (given / "cfg", f"{given} is a file, so {given / 'cfg'} cannot be "
+                                        f"created under it."),
+        "a_folder_where_a_file_goes": (folder, f"{folder / '.env.production'} is a symbolic "
+                                               f"link or a folder: the restore replaces files"),
+        "a_file_where_a_folder_goes": (folder, f"{folder / 'ssl'} is a file, where the archive "
+                                               f"has the folder of ssl/"),
+    }[mistake]
+    done = restore(archive, server.dsn(scratch_db), "--config-to", str(target))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith(f"RESTORE FAILED: refusing to restore: the configuration "
+                                  f"cannot be written to {target}: ")
+    assert reason in done.stderr and "Nothing was changed." in done.stderr
+    assert f"tar -xzf {archive} -C <folder> --no-same-owner config" in done.stderr
+    assert "verifying" not in done.stdout, "refused before the archive was even read whole"
+    assert not database_exists(server, scratch_db)
+    assert given.read_text() == "not a folder\n"
+
+
+def test_a_config_not_written_after_the_commit_is_reported_beside_the_restore(
+        archive, server, scratch_db, small_disk):
+    """A full disk lets the folder be made but no file be written, which only the writing finds
+    out, after the commit: the database restore stands and says so (RESTORE OK), the
+    configuration gets its own line and exit 3, and no half-written file is left behind."""
+    filler = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    with pytest.raises(OSError, match="No space left on device"):
+        while True:
+            os.write(filler, b"\0" * 4096)
+    os.close(filler)
+    target = small_disk / "restored_config"
+    done = restore(archive, server.dsn(scratch_db), "--config-to", str(target))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"RESTORE OK into database {scratch_db} on " in done.stdout
+    assert "RESTORE FAILED" not in done.stderr
+    assert done.stderr.startswith(
+        f"CONFIG NOT WRITTEN: could not write the configuration to {target}: No space left on "
+        f"device (writing ")
+    assert "0 of 5 files were written; the database restore above stands. Extract it by " \
+           f"hand: tar -xzf {archive} -C <folder> --no-same-owner config\n" in done.stderr
+    counts = {t["table"]: t["rows"] for t in manifest(archive)["tables"]}
+    assert scalar(server.dsn(scratch_db), "SELECT count(*) FROM users") == counts["public.users"]
+    assert [p for p in target.rglob("*") if not p.is_dir()] == []
+
+
 def test_refuses_a_database_that_has_tables(archive, server, source_db):
     before = fingerprint(server.dsn(source_db), CRITICAL)
     done = restore(archive, server.dsn(source_db))

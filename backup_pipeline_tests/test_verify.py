@@ -336,3 +336,94 @@ def test_deeply_nested_manifest_is_named_not_a_crash(tmp_path):
     report = verify_archive(crafted)
     assert [p.split(":")[0] for p in report.problems] == ["manifest.json is not valid JSON"]
     assert read_manifest(crafted) is None
+
+
+def _gzip_member_ends(data: bytes) -> list[int]:
+    """The byte offsets at which the archive's gzip members end."""
+    ends, rest = [], data
+    while rest:
+        inflate = zlib.decompressobj(31)
+        inflate.decompress(rest)
+        rest = inflate.unused_data
+        ends.append(len(data) - len(rest))
+    return ends
+
+
+def _prefix_holding(data: bytes, tar_bytes: int) -> int:
+    """A cut of the archive just past the one that decompresses to `tar_bytes` bytes: 64 bytes
+    past it, for ISA-L holds back the output of the last few bytes it was given."""
+    inflate, produced = zlib.decompressobj(31), 0
+    for cut in range(0, len(data), 16):
+        produced += len(inflate.decompress(data[cut:cut + 16]))
+        if produced >= tar_bytes:
+            return cut + 16 + 64
+    raise AssertionError(f"the first gzip member holds fewer than {tar_bytes} bytes")
+
+
+def _cut(archive: Path, where: str) -> int:
+    data = archive.read_bytes()
+    with tarfile.open(archive, "r:gz") as tar:
+        first = tar.next()
+        manifest_end = first.offset_data + first.size
+    return {"after_the_manifest": _prefix_holding(data, manifest_end),
+            "in_the_middle": len(data) * 6 // 10,
+            "at_a_gzip_member_end": _gzip_member_ends(data)[1],
+            "near_the_end": len(data) - 100}[where]
+
+
+@pytest.mark.parametrize("where", ["after_the_manifest", "in_the_middle",
+                                   "at_a_gzip_member_end", "near_the_end"])
+def test_a_truncated_archive_names_the_break_not_missing_files(archive, tmp_path, where):
+    """Everything before the cut was read and is checked; the files from it on are cut off or
+    not reached, never "missing", and the manifest that was read is not called missing."""
+    cut = _cut(archive, where)
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(archive.read_bytes()[:cut])
+    report = verify_archive(truncated)
+    assert report.manifest is not None and report.broken is not None
+    [integrity] = report.problems_of("integrity")
+    assert integrity.startswith("the archive is truncated: ")
+    assert f"at byte {cut:,}, where the file ends" in integrity
+    assert integrity.endswith(f"{report.broken.where}: everything before that was read and "
+                              f"checked")
+    with tarfile.open(archive, "r:gz") as tar:
+        order = [m.name for m in tar if m.isfile() and m.name != layout.MANIFEST]
+    read, unread = order[:len(report.files)], order[len(report.files):]
+    assert list(report.files) == read, "what was read is the archive's files up to the cut"
+    cut_off = [f"{report.broken.member} is cut off: the archive breaks inside it, "
+               f"{report.broken.at}"] if report.broken.member else []
+    assert report.broken.member in (None, *unread[:1])
+    assert report.problems_of("checksums") == cut_off + [
+        f"{path} was not reached (the archive breaks {report.broken.where})"
+        for path in unread if path != report.broken.member]
+    assert not report.problems_of("readability")
+
+
+def test_a_corrupt_archive_names_where_it_breaks(archive, tmp_path):
+    """A byte flipped inside a table's compressed data: the files before it still verify."""
+    data = bytearray(archive.read_bytes())
+    start, end = _gzip_member_ends(bytes(data))[:2]
+    data[(start + end) // 2] ^= 0xFF
+    corrupt = tmp_path / "corrupt.tar.gz"
+    corrupt.write_bytes(bytes(data))
+    report = verify_archive(corrupt)
+    [integrity] = report.problems_of("integrity")
+    assert integrity.startswith("the gzip stream is corrupt (") and "between bytes " in integrity
+    assert report.manifest is not None and layout.BACKUP_INFO in report.files
+    assert not any("missing" in p for p in report.problems), report.problems
+    assert any(p.endswith(f"was not reached (the archive breaks {report.broken.where})")
+               for p in report.problems_of("checksums"))
+
+
+def test_cli_verify_of_a_truncated_archive_says_where_it_breaks(archive, tmp_path):
+    data = archive.read_bytes()
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(data[:len(data) * 6 // 10])
+    done = subprocess.run([BACKUP_PIPELINE, "verify", str(truncated)], capture_output=True,
+                          text=True)
+    assert done.returncode == 1
+    assert "FAIL  the archive is truncated: the gzip stream ends early, at byte " in done.stderr
+    assert "was not reached (the archive breaks at byte" in done.stderr
+    assert "missing" not in done.stdout + done.stderr
+    assert any(line.startswith("ok  ") and line.endswith(layout.BACKUP_INFO)
+               for line in done.stdout.splitlines())
