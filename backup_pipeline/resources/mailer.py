@@ -33,7 +33,7 @@ import dagster as dg
 from pydantic import Field
 
 from backup_pipeline import layout
-from backup_pipeline.files import fsync_dir, make_private_dirs, write_atomically
+from backup_pipeline.files import fsync_dir, make_private_dirs, write_atomically, write_synced
 
 # What to do about a file that cannot be written, by errno; {folder} is where it goes.
 _WRITE_FIXES = {
@@ -170,12 +170,8 @@ class Mailer(dg.ConfigurableResource):
         stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S_%f")
         path = outbox / f"{stamp}_{kind}.eml"
         tmp = outbox / f".{path.name}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_synced(tmp, data)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
             os.link(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
