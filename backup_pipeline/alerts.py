@@ -12,6 +12,7 @@ from backup_pipeline.settings import Settings
 ALERT_TAG = "backup_pipeline/alert"
 # How often the run's alert was tried: the undelivered-alert sensor sends it again.
 ALERT_ATTEMPTS_TAG = "backup_pipeline/alert_attempts"
+ALERT_SENDING_SINCE_TAG = "backup_pipeline/alert_sending_since"
 EMAIL_TAG = "backup_pipeline/email"
 
 

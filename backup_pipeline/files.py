@@ -9,6 +9,8 @@ file this project writes is created here, with an explicit mode, and nothing imp
 from __future__ import annotations
 
 import os
+import secrets
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
@@ -55,6 +57,7 @@ def write_synced(path: Path, data: bytes, mode: int = PRIVATE) -> None:
     the temporary half of every write that must never be seen half done."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
+        os.fchmod(fd, mode)  # exactly `mode`: os.open's is narrowed by the umask
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -66,8 +69,9 @@ def write_synced(path: Path, data: bytes, mode: int = PRIVATE) -> None:
 
 def write_atomically(path: Path, text: str, mode: int = PRIVATE) -> None:
     """Replace `path` with `text` so that readers see the old or the new content, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)  # left by a killed process that had this pid
+    # A name no other writer has: threads and processes may replace the same file at once.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}."
+                         f"{secrets.token_hex(4)}.tmp")
     write_synced(tmp, text.encode(), mode)
     try:
         os.replace(tmp, path)

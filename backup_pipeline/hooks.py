@@ -21,6 +21,7 @@ import dagster as dg
 
 from backup_pipeline.alerts import (
     ALERT_ATTEMPTS_TAG,
+    ALERT_SENDING_SINCE_TAG,
     ALERT_TAG,
     EMAIL_TAG,
     failure_kind,
@@ -55,7 +56,7 @@ def will_be_retried(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
 
 
 ALERT_RETRY_HOURS = 24
-# A tag still "sending" after this long belongs to a process that died while sending.
+# A tag still "sending" this long after it was set belongs to a process that died while sending.
 SENDING_STALE_SECONDS = 600
 
 
@@ -67,8 +68,12 @@ def undelivered_alerts(instance: dg.DagsterInstance, since: float) -> list[str]:
             statuses=[dg.DagsterRunStatus.FAILURE], tags={ALERT_TAG: state},
             updated_after=datetime.fromtimestamp(since, UTC)))
         for record in records:
-            ended = record.end_time or record.update_timestamp.timestamp()
-            if state == "sending" and time.time() - ended < SENDING_STALE_SECONDS:
+            # Not the update time: every attempt updates the run's tags, which would keep an
+            # undeliverable alert in the window forever.
+            if (record.end_time or 0) < since:
+                continue
+            started = float(record.dagster_run.tags.get(ALERT_SENDING_SINCE_TAG) or 0)
+            if state == "sending" and time.time() - started < SENDING_STALE_SECONDS:
                 continue
             pending.append(record.dagster_run.run_id)
     return pending
@@ -89,7 +94,8 @@ def send_failure_alert(instance: dg.DagsterInstance, mailer: Mailer, settings: S
     retried = will_be_retried(instance, run)
     if not resend and (run.tags.get(ALERT_TAG) or (retried and kind != "dead_run")):
         return False
-    instance.add_run_tags(run_id, {ALERT_TAG: "sending"})
+    instance.add_run_tags(run_id, {ALERT_TAG: "sending",
+                                   ALERT_SENDING_SINCE_TAG: str(int(time.time()))})
     job = run.job_name if not run.job_name.startswith("__") else "asset materialization"
     failure = FailureInfo(
         title=f"Smart AI Hub {job} FAILED at {step}",
@@ -99,7 +105,7 @@ def send_failure_alert(instance: dg.DagsterInstance, mailer: Mailer, settings: S
     )
     ok = False
     try:
-        ok = mailer.send(failure_email(mailer, failure), kind="failure").ok
+        ok = mailer.send(failure_email(mailer, failure), kind="failure", retry=not resend).ok
     finally:
         attempts = int(run.tags.get(ALERT_ATTEMPTS_TAG, "0")) + 1
         instance.add_run_tags(run_id, {ALERT_TAG: "sent" if ok else "failed",

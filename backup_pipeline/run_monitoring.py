@@ -131,8 +131,9 @@ class Heartbeat:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """A beat stuck on a hung storage connection must not hold the finished run open."""
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=self._interval)
 
 
 class HeartbeatRunLauncher(DefaultRunLauncher):
@@ -150,6 +151,9 @@ class HeartbeatRunLauncher(DefaultRunLauncher):
             raise ValueError(f"heartbeat_timeout_seconds={heartbeat_timeout_seconds} in "
                              "dagster.yaml is too short: use 60 or more (3 at the very least)")
         self.heartbeat_timeout_seconds = heartbeat_timeout_seconds
+        # Runs seen silent for too long: the beat seen then, and when (this process's monotonic
+        # clock, which stops while the host sleeps).
+        self._suspects: dict[str, tuple[float, float]] = {}
 
     @classmethod
     def config_type(cls) -> dict:
@@ -166,15 +170,30 @@ class HeartbeatRunLauncher(DefaultRunLauncher):
         return True
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
+        """Dead only when seen silent twice, two beats apart by this process's clock: after the
+        host slept (or the daemon was paused), the run gets the chance to beat again first."""
         quiet = silence(self._instance, run.run_id)
         if quiet is None:
             return CheckRunHealthResult(WorkerStatus.RUNNING,
                                         "no heartbeat yet: left to the maximum runtime")
-        if quiet.dead:
-            message = quiet.message()
-            # Reported here, in words: the monitor's own report would wrap them in the repr of
-            # CheckRunHealthResult, which is what the UI and the alert would show. Seeing the
-            # run ended, the monitor does not report it again.
-            self._instance.report_run_failed(run, message)
-            return CheckRunHealthResult(WorkerStatus.FAILED, message)
-        return CheckRunHealthResult(WorkerStatus.RUNNING)
+        if not quiet.dead:
+            self._suspects.pop(run.run_id, None)
+            return CheckRunHealthResult(WorkerStatus.RUNNING)
+        now = time.monotonic()
+        beat, since = self._suspects.setdefault(run.run_id, (quiet.last_beat, now))
+        if beat != quiet.last_beat:
+            self._suspects[run.run_id] = (quiet.last_beat, now)
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "silent: checked again first")
+        interval = max(1.0, self.heartbeat_timeout_seconds / BEATS_PER_TIMEOUT)
+        if now - since < 2 * interval:
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "silent: checked again first")
+        self._suspects.pop(run.run_id, None)
+        current = self._instance.get_run_by_id(run.run_id)
+        if current is None or current.is_finished:
+            return CheckRunHealthResult(WorkerStatus.SUCCESS)
+        message = quiet.message()
+        # Reported here, in words: the monitor's own report would wrap them in the repr of
+        # CheckRunHealthResult, which is what the UI and the alert would show. Seeing the run
+        # ended, the monitor does not report it again.
+        self._instance.report_run_failed(current, message)
+        return CheckRunHealthResult(WorkerStatus.FAILED, message)

@@ -35,6 +35,7 @@ from typing import BinaryIO
 from isal import igzip_lib
 
 from backup_pipeline import layout
+from backup_pipeline.files import make_private_dirs
 from backup_pipeline.pg import PG_DUMP_COMPLETE
 
 CHUNK = 1 << 20
@@ -156,17 +157,26 @@ def _inflated(raw: BinaryIO) -> Iterator[bytes]:
     inflater = None
     start = fed = produced = 0  # the file's bytes given to ISA-L: the last chunk starts at start
     pending = b""
+    members = 0
     while True:
         if inflater is None or inflater.needs_input:
             if not pending and not (pending := raw.read(CHUNK)):
                 break
             if inflater is None:
-                # Zero bytes after a member are padding, which gzip itself skips too.
-                kept = pending.lstrip(b"\0")
-                fed, pending = fed + len(pending) - len(kept), kept
-                if not pending:
-                    continue
+                if members:  # zero bytes after a member are padding, which gzip skips too
+                    kept = pending.lstrip(b"\0")
+                    fed, pending = fed + len(pending) - len(kept), kept
+                    if not pending:
+                        continue
+                if len(pending) < 4:
+                    pending += raw.read(4)
+                if len(pending) >= 4 and pending[3] & 0xE0:
+                    # Reserved flag bits: gzip (and so `tar -xzf`) refuses such a member.
+                    raise GzipBreak("the gzip stream is corrupt (reserved flag bits set in a "
+                                    "member header: gzip and tar -xzf refuse it)",
+                                    f"at byte {fed:,} of the file", produced)
                 inflater = igzip_lib.IgzipDecompressor(igzip_lib.DECOMP_GZIP)
+                members += 1
             start, data, pending = fed, pending, b""
             fed += len(data)
         else:
@@ -598,7 +608,7 @@ def _load_manifest(member: tarfile.TarInfo, stream: io.BufferedReader,
 def _write_member(folder: Path, name: str, stream: io.BufferedReader) -> None:
     """Extract one (already checked safe) member as a private file under `folder`."""
     target = folder / name
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dirs(target.parent)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         for block in iter(lambda: stream.read(CHUNK), b""):

@@ -208,7 +208,7 @@ def instance() -> Iterator[dg.DagsterInstance]:
 def dagster_home(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                  ) -> Iterator[dict[str, str]]:
     """A Dagster instance like the deployment's (its dagster.yaml, storage in a database of its
-    own, a dead run declared after 6 s): the environment that names it, also set in os.environ.
+    own, a run silent for 9 s declared dead): the environment that names it, also set in os.environ.
     """
     from backup_pipeline_tests.helpers import write_instance_yaml
 

@@ -86,7 +86,7 @@ def test_status_and_health_check_name_a_dead_run_then_its_failure(backup_env, da
     with blocked_run(env, home, server.dsn(backup_env["POSTGRES_DB"])) as (process, run_id):
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
-    time.sleep(7)  # the instance allows 6 s of silence; its last beat came before the kill
+    time.sleep(10)  # the instance allows 9 s of silence; its last beat came before the kill
     text, _ = cli(env, "status")
     assert "last run          STARTED" in text.stdout, text.stdout
     assert "(its process DIED: see health-check)" in text.stdout and run_id in text.stdout

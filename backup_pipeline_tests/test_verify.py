@@ -71,6 +71,22 @@ def test_flipped_byte_fails_the_gzip_check(archive, tmp_path):
         assert report.problems_of("integrity"), (offset, report.problems)
 
 
+@pytest.mark.parametrize("change, ok", [
+    (lambda data: data[:-1] + bytes([data[-1] ^ 0xFF]), False),  # the last member's ISIZE
+    (lambda data: data + b"\x1f\x8b", False),                    # garbage after the last member
+    (lambda data: data + b"junk", False),
+    (lambda data: data[:3] + bytes([data[3] | 0x20]) + data[4:], False),  # a reserved flag bit
+    (lambda data: data + b"\0" * 512, True),                      # padding, as gzip accepts
+], ids=["isize", "gzip_magic_after", "junk_after", "reserved_flag", "zero_padding"])
+def test_the_gzip_layer_is_checked_as_gzip_checks_it(archive, tmp_path, change, ok):
+    """What `gzip -t` (and so `tar -xzf` in BACKUP_INFO's procedure) refuses, verify refuses."""
+    damaged = tmp_path / "changed.tar.gz"
+    damaged.write_bytes(change(archive.read_bytes()))
+    gzip_ok = subprocess.run(["gzip", "-t", str(damaged)], capture_output=True).returncode == 0
+    report = verify_archive(damaged)
+    assert report.ok == ok == gzip_ok, report.problems
+
+
 def test_tampered_file_fails_its_checksum(archive, tmp_path):
     def change(name, data):
         return data.replace(b"user1@example.com", b"evil1@example.com") \

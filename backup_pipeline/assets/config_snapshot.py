@@ -138,6 +138,15 @@ def _plan_config(config_dir: Path, entries: tuple[str, ...]) -> _Plan:
     return plan
 
 
+def planned_bytes(config_dir: Path, entries: tuple[str, ...]) -> int:
+    """What the snapshot will copy, in bytes, for the disk estimate: only the configured entries,
+    through the links it follows. 0 when the plan cannot be made (the snapshot says why)."""
+    try:
+        return sum(real.stat().st_size for _, real in _plan_config(config_dir, entries).copies)
+    except OSError:
+        return 0
+
+
 def _copy(relative: str, source: Path, target: Path) -> dict:
     """Copy one planned regular file. It is opened without blocking and without following a
     link, and checked again once open: a file swapped for a FIFO or a link since the plan is

@@ -17,6 +17,7 @@ from pathlib import Path
 import dagster as dg
 
 from backup_pipeline import layout
+from backup_pipeline.assets.config_snapshot import planned_bytes
 from backup_pipeline.assets.dumps import dump_key, dump_specs, write_table_dump
 from backup_pipeline.assets.transactions import (
     transaction_key,
@@ -29,7 +30,7 @@ from backup_pipeline.export_plan import ExportPlan, TableInfo, WindowedTable, bu
 from backup_pipeline.files import write_private_text
 from backup_pipeline.pg import COPY_BLOCK, CopyResult, HashingWriter
 from backup_pipeline.resources.postgres import PostgresResource, Snapshot
-from backup_pipeline.resources.storage import BackupStorage, tree_bytes
+from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.roles import create_missing_roles_sql, database_locale, needed_roles
 from backup_pipeline.settings import Settings
 
@@ -300,6 +301,10 @@ def build_database_export(settings: Settings) -> dg.AssetsDefinition:
         database_dir = staging / layout.DATABASE_DIR
         database_dir.mkdir(mode=0o700, exist_ok=True)
         started = time.monotonic()
+        # Before the snapshot: removing gigabytes of leftovers holds no lock on the application.
+        freed = storage.remove_leftovers()
+        if freed:
+            context.log.info(f"removed {freed // 1024} KiB left by runs that were killed")
         with postgres.snapshot(log=context.log) as snap:
             pg_dump_version = postgres.check_pg_dump_version(
                 snap.server_version_num, snap.server_version
@@ -308,11 +313,9 @@ def build_database_export(settings: Settings) -> dg.AssetsDefinition:
             plan = build_plan(snap.connection, settings, cutoff)
             snap.lock([t.identifier for t in plan.critical] + [w.table.identifier
                                                                for w in plan.windowed])
-            freed = storage.remove_leftovers()
-            if freed:
-                context.log.info(f"removed {freed // 1024} KiB left by runs that were killed")
             expected = plan.estimated_bytes()
-            free = storage.check_free_space(expected, tree_bytes(settings.config_dir))
+            free = storage.check_free_space(
+                expected, planned_bytes(settings.config_dir, settings.config_files))
             context.log.info(
                 f"snapshot {snap.snapshot_id} of {postgres.describe()} (server "
                 f"{snap.server_version}, {pg_dump_version}); window from {cutoff.isoformat()}; "

@@ -93,8 +93,9 @@ class Mailer(dg.ConfigurableResource):
         message["Message-ID"] = make_msgid(domain="backup-pipeline")
         return message
 
-    def send(self, message: EmailMessage, kind: str) -> SendResult:
-        """Deliver `message`, retrying; the outcome is returned, logged and recorded, never raised
+    def send(self, message: EmailMessage, kind: str, retry: bool = True) -> SendResult:
+        """Deliver `message`, retrying (unless `retry` is False: a sensor that is itself the
+        retry must fit in its tick); the outcome is returned, logged and recorded, never raised
         for a delivery or disk error: a raising hook only logs HOOK_ERRORED, and the caller needs
         the result to tag the run and to say what went wrong."""
         data = message.as_bytes()
@@ -105,7 +106,8 @@ class Mailer(dg.ConfigurableResource):
         elif not self.smtp_host:
             result = self._send_to_outbox(message, kind, data, warnings)
         else:
-            result = self._send_by_smtp(message, kind, len(data), warnings)
+            result = self._send_by_smtp(message, kind, len(data), warnings,
+                                        self.retries + 1 if retry else 1)
         self._record(warnings, message, kind, len(data), result)
         return replace(result, warnings=tuple(warnings))
 
@@ -124,10 +126,9 @@ class Mailer(dg.ConfigurableResource):
         return SendResult(True, 1, self.transport, path=str(path))
 
     def _send_by_smtp(self, message: EmailMessage, kind: str, size: int,
-                      warnings: list[str]) -> SendResult:
+                      warnings: list[str], attempts: int) -> SendResult:
         """Only the delivery is inside the retried `try`: a mail log that cannot be written
         must not make a delivered email count as failed, nor send it again."""
-        attempts = self.retries + 1
         error = None
         for attempt in range(1, attempts + 1):
             try:

@@ -15,9 +15,10 @@ import math
 import os
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,22 +55,32 @@ STAGING_LOCK = ".lock"
 
 
 def _hold_lock(path: Path) -> int:
-    """An open descriptor holding an exclusive lock on `path`, for the life of the process."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    """An open descriptor holding an exclusive lock on `path`, for the life of the process. The
+    file is locked under a name of its own, then renamed into place: nobody can find `path`
+    unlocked and take its run for dead."""
+    own = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
+    fd = os.open(own, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(own, path)
     return fd
 
 
 def _owner_alive(staging: Path) -> bool:
     """Whether the run that made `staging` still holds its lock. A folder without a lock is
-    being made right now (or is older than the lock): kept for a day, as before."""
+    being made right now (or by an older version): kept for a day. Whatever cannot be examined
+    (another user's folder, a stray file, a folder that vanished meanwhile) is kept too."""
     try:
         fd = os.open(staging / STAGING_LOCK, os.O_RDWR)
     except FileNotFoundError:
-        return time.time() - staging.stat().st_mtime < 24 * 3600
+        try:
+            return time.time() - staging.stat().st_mtime < 24 * 3600
+        except OSError:
+            return True
+    except OSError:
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError:
         return True
     finally:
         os.close(fd)
@@ -132,11 +143,13 @@ class BackupStorage(dg.ConfigurableResource):
         it lasts the run's process beats, so that run monitoring can tell when it died (every
         backup step uses this resource; see run_monitoring.py)."""
         self._run_id = context.run.run_id if context.run else None
-        if self._run_id is None or context.instance is None:
+        if self._run_id is None:
             yield self
             return
+        beating = (Heartbeat(context.instance, self._run_id) if context.instance is not None
+                   else nullcontext())
         try:
-            with Heartbeat(context.instance, self._run_id):
+            with beating:
                 yield self
         finally:
             shutil.rmtree(self.staging_root / self._run_id, ignore_errors=True)
@@ -212,9 +225,14 @@ class BackupStorage(dg.ConfigurableResource):
             shutil.rmtree(path, ignore_errors=True)
         for path in self.root.glob(f".{layout.ARCHIVE_PREFIX}*{layout.PARTIAL_SUFFIX}"):
             owner = path.name.removesuffix(layout.PARTIAL_SUFFIX).rsplit(".", 1)[-1]
-            if owner not in alive and path.is_file():
-                freed += path.stat().st_size
-                path.unlink(missing_ok=True)
+            if owner in alive or (self._run_id or "")[:8] == owner:
+                continue
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except OSError:  # removed meanwhile by another run, or not ours to remove
+                continue
+            freed += size
         return freed
 
     def partial_path(self, name: str, run_id: str) -> Path:
@@ -301,7 +319,7 @@ class BackupStorage(dg.ConfigurableResource):
                 continue
             path.unlink(missing_ok=True)
             deleted.append(path.name)
-        self._remove_abandoned_partials(now)
+        self.remove_leftovers()
         self._prune_outbox(cutoff)
         if deleted:
             fsync_dir(self.root)
@@ -320,13 +338,3 @@ class BackupStorage(dg.ConfigurableResource):
             if path.is_file() and path.stat().st_mtime < time.time() - 24 * 3600:
                 path.unlink(missing_ok=True)
 
-    def _remove_abandoned_partials(self, now: datetime) -> None:
-        """Temporary archives of runs killed a day ago or more (a crash, not a running backup)."""
-        limit = now.timestamp() - 24 * 3600
-        for path in self.root.glob(f".{layout.ARCHIVE_PREFIX}*{layout.PARTIAL_SUFFIX}"):
-            if path.is_file() and path.stat().st_mtime < limit:
-                path.unlink(missing_ok=True)
-        if self.staging_root.is_dir():
-            for path in self.staging_root.iterdir():
-                if path.stat().st_mtime < limit:
-                    shutil.rmtree(path, ignore_errors=True)
