@@ -74,6 +74,44 @@ def test_every_variable_passed_is_read_and_every_setting_is_documented():
         assert passed <= read, f"{service} passes variables nothing reads: {passed - read}"
 
 
+def _settings_defaults() -> dict[str, str]:
+    """Each setting's default as settings.py writes it: `_number(env, "X", 60, ...)`,
+    `_text(env, "X", "default")`."""
+    source = Path(settings_module.__file__).read_text()
+    found = dict(re.findall(r'_number\(\s*env,\s*"([A-Z][A-Z0-9_]+)",\s*([0-9.]+)', source))
+    found |= dict(re.findall(r'_text\(\s*env,\s*"([A-Z][A-Z0-9_]+)",\s*"([^"]*)"\)', source))
+    return found
+
+
+def _env_example_values() -> dict[str, str]:
+    values = {}
+    for line in (REPO / ".env.example").read_text().splitlines():
+        if re.match(r"^[A-Z][A-Z0-9_]*=", line):
+            name, value = line.split("=", 1)
+            values[name] = re.split(r"\s+#", value)[0].strip()
+    return values
+
+
+# .env.example shows these with an example value, not their default (its header says so).
+EXAMPLE_VALUES = {"ADMIN_EMAILS", "SMTP_HOST", "BACKUP_DOWNLOAD_BASE_URL",
+                  "POSTGRES_HOST"}  # the compose file's service name, not localhost
+
+
+def test_env_example_gives_each_setting_its_default():
+    defaults, shown = _settings_defaults(), _env_example_values()
+    assert len(defaults) > 20, defaults
+
+    def same(a: str, b: str) -> bool:
+        try:
+            return float(a) == float(b)
+        except ValueError:
+            return a == b
+
+    wrong = {name: (shown[name], default) for name, default in defaults.items()
+             if name in shown and name not in EXAMPLE_VALUES and not same(shown[name], default)}
+    assert not wrong, f".env.example value, settings default: {wrong}"
+
+
 def _readme_variables() -> set[str]:
     """The names in the first column of the README's variable table."""
     rows = [line for line in (REPO / "README.md").read_text().splitlines()
