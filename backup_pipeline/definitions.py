@@ -23,7 +23,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
     """The project's definitions for `settings`; tests build theirs from their own settings."""
     return dg.Definitions(
         assets=build_assets(settings),
-        asset_checks=build_asset_checks(),
+        asset_checks=build_asset_checks(settings),
         jobs=[backup_job, restore_drill_job],
         schedules=[
             build_nightly_backup_schedule(settings, backup_job),

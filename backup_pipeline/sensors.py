@@ -12,13 +12,9 @@ import time
 import dagster as dg
 
 from backup_pipeline import layout
+from backup_pipeline.alerting import ALERT_RETRY_HOURS, send_failure_alert, undelivered_alerts
 from backup_pipeline.alerts import troubleshooting
 from backup_pipeline.emails.render import Notice, notice_email
-from backup_pipeline.hooks import (
-    ALERT_RETRY_HOURS,
-    send_failure_alert,
-    undelivered_alerts,
-)
 from backup_pipeline.resources.mailer import Mailer
 from backup_pipeline.resources.storage import BackupStorage, read_last_success
 from backup_pipeline.run_monitoring import describe_failure

@@ -172,16 +172,21 @@ def _evaluate_failure_sensor(env, instance, result) -> None:
     sensor(context)
 
 
-def test_a_failed_blocking_check_alerts_once_through_the_sensor(mail_env, smtp, instance):
+def test_a_failed_blocking_check_alerts_once_without_the_daemon_too(mail_env, smtp, instance):
+    """No hook sees a failed check: the check sends the alert itself (no daemon needed), and the
+    run-failure sensor, evaluated afterwards, does not send a second one."""
     env = {**mail_env, "BACKUP_MAX_SIZE_MB": "0.001"}
     result = run_backup(env, instance)
     assert not result.success
-    assert smtp.recorder.messages == []  # no hook sees a failed check
+    assert len(smtp.recorder.messages) == 1
     _evaluate_failure_sensor(env, instance, result)
     _evaluate_failure_sensor(env, instance, result)
     assert len(smtp.recorder.messages) == 1
     _, message = smtp.recorder.messages[0]
-    assert message["Subject"].startswith("URGENT:") and "archive_checks" in message["Subject"]
+    assert message["Subject"] == "URGENT: Smart AI Hub backup_job FAILED at archive_checks"
+    text = message.get_body(("plain",)).get_content()
+    assert "blocking check failed: size_within_bounds (archive is" in text
+    assert "outside BACKUP_MIN_SIZE_MB=0 .. BACKUP_MAX_SIZE_MB=0.001" in text
 
 
 def test_retries_until_the_server_accepts(mail_env, smtp, instance):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from backup_pipeline.assets.archive import build_backup_archive
-from backup_pipeline.assets.checks import archive_checks
+from backup_pipeline.assets.checks import build_archive_checks
 from backup_pipeline.assets.config_snapshot import build_config_snapshot
 from backup_pipeline.assets.database import build_database_export
 from backup_pipeline.assets.restore_drill import restore_drill
@@ -32,5 +32,5 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     ]
 
 
-def build_asset_checks() -> list[dg.AssetChecksDefinition]:
-    return [archive_checks]
+def build_asset_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
+    return [build_archive_checks(settings)]

@@ -5,7 +5,7 @@ sure the file now under that name is byte for byte the one verified (its SHA-256
 that verification, check by check, with the size bounds the seeds' monitoring uses; when the
 file differs, or the checks run on their own, they verify it completely again. They are
 blocking: when one fails, the run fails, so the status files are not moved forward, retention
-does not run, and the failure alert goes out.
+does not run, and the failure alert goes out (from the check itself: no hook sees a failed check).
 """
 
 
@@ -15,12 +15,15 @@ from pathlib import Path
 
 import dagster as dg
 
+from backup_pipeline.alerting import send_failure_alert
 from backup_pipeline.assets.archive import (
     ARCHIVE_KEY,
     VERIFICATION_RECORD,
     archive_materialization,
 )
+from backup_pipeline.resources.mailer import Mailer
 from backup_pipeline.resources.storage import BackupStorage
+from backup_pipeline.settings import Settings
 from backup_pipeline.verify import (
     CHECKSUMS,
     INTEGRITY,
@@ -90,18 +93,39 @@ def _recorded_report(storage: BackupStorage, run_id: str, path: Path
     )
 
 
-@dg.multi_asset_check(specs=CHECK_SPECS, description="One streaming pass verifies the archive.")
-def archive_checks(context: dg.AssetCheckExecutionContext, storage: BackupStorage
-                   ) -> Iterator[dg.AssetCheckResult]:
-    materialization = archive_materialization(context.instance, context.run.run_id)
-    if materialization is None:
-        latest = context.instance.get_latest_materialization_event(ARCHIVE_KEY)
-        materialization = latest.asset_materialization if latest else None
-    path_value = materialization.metadata.get("path") if materialization else None
-    if path_value is None:
-        raise RuntimeError("no backup_archive materialization to verify: run backup_job first")
-    path = Path(path_value.value)
-    report = _recorded_report(storage, context.run.run_id, path) or verify_archive(path)
-    for problem in report.problems:
-        context.log.error(f"{path.name}: {problem}")
-    yield from check_results(report, storage.min_size_mb, storage.max_size_mb)
+def _failure_text(results: list[dg.AssetCheckResult]) -> str:
+    """The failed checks, each with its reason, as the alert's error."""
+    parts = []
+    for result in results:
+        problems = result.metadata.get("problems")
+        reason = result.description or "; ".join(problems.value if problems else [])
+        parts.append(f"{result.check_name} ({reason or 'failed'})")
+    return "blocking check failed: " + ", ".join(parts)
+
+
+def build_archive_checks(settings: Settings) -> dg.AssetChecksDefinition:
+    @dg.multi_asset_check(specs=CHECK_SPECS,
+                          description="One streaming pass verifies the archive.")
+    def archive_checks(context: dg.AssetCheckExecutionContext, storage: BackupStorage,
+                       mailer: Mailer) -> Iterator[dg.AssetCheckResult]:
+        materialization = archive_materialization(context.instance, context.run.run_id)
+        if materialization is None:
+            latest = context.instance.get_latest_materialization_event(ARCHIVE_KEY)
+            materialization = latest.asset_materialization if latest else None
+        path_value = materialization.metadata.get("path") if materialization else None
+        if path_value is None:
+            raise RuntimeError("no backup_archive materialization to verify: run backup_job first")
+        path = Path(path_value.value)
+        report = _recorded_report(storage, context.run.run_id, path) or verify_archive(path)
+        for problem in report.problems:
+            context.log.error(f"{path.name}: {problem}")
+        results = list(check_results(report, storage.min_size_mb, storage.max_size_mb))
+        failed = [result for result in results if not result.passed]
+        if failed:
+            # A failed check fails the run but reaches no hook: the alert goes from here, so
+            # that it arrives without the daemon too (the run tag keeps it to one).
+            send_failure_alert(context.instance, mailer, settings, context.run.run_id,
+                               "archive_checks", _failure_text(failed))
+        yield from results
+
+    return archive_checks
