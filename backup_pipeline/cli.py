@@ -32,6 +32,30 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _salvage(args: argparse.Namespace) -> int:
+    from backup_pipeline.salvage import DAMAGED_SUFFIX, salvage_archive
+
+    try:
+        report = salvage_archive(Path(args.archive), Path(args.to))
+    except (OSError, ValueError) as error:
+        print(f"SALVAGE FAILED: {error}", file=sys.stderr)
+        return 2
+    for problem in report.problems:
+        print(f"FAIL  {problem}", file=sys.stderr)
+    for path in report.intact:
+        print(f"intact       {path}")
+    for path in report.damaged:
+        print(f"DAMAGED      {path}  (kept as {path}{DAMAGED_SUFFIX}: do not load it)")
+    for path in report.unreached:
+        print(f"NOT REACHED  {path}")
+    for path in report.unverified:
+        print(f"UNVERIFIED   {path}  (no manifest to check it against)")
+    print(f"{len(report.intact)} intact, {len(report.damaged)} damaged, "
+          f"{len(report.unreached)} not reached, {len(report.unverified)} unverified: in "
+          f"{report.folder}")
+    return 0 if report.complete else 1
+
+
 def _restore(args: argparse.Namespace) -> int:
     import psycopg
 
@@ -220,6 +244,14 @@ def main(argv: list[str] | None = None) -> int:
                               "restoring user (for a user who may not create roles)")
     restore.add_argument("--config-to", metavar="DIR", help="also write config/ out to DIR")
     restore.set_defaults(func=_restore)
+
+    salvage = commands.add_parser(
+        "salvage", help="extract what a damaged archive still holds, each file checked against "
+                        "its manifest; exit 0 only if nothing was lost")
+    salvage.add_argument("archive")
+    salvage.add_argument("--to", required=True, metavar="DIR",
+                         help="a new (or empty) folder for the files")
+    salvage.set_defaults(func=_salvage)
 
     status = commands.add_parser("status", help="newest archive, last runs, disk, last drill")
     status.add_argument("--json", action="store_true", help="machine-readable output")

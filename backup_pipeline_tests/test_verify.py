@@ -443,3 +443,38 @@ def test_cli_verify_of_a_truncated_archive_says_where_it_breaks(archive, tmp_pat
     assert "missing" not in done.stdout + done.stderr
     assert any(line.startswith("ok  ") and line.endswith(layout.BACKUP_INFO)
                for line in done.stdout.splitlines())
+
+
+def test_salvage_keeps_the_intact_files_and_names_the_rest(archive, tmp_path):
+    """The night every archive fails verify: what precedes the break still reads, and each file
+    is kept only if it is the manifest's, byte for byte."""
+    data = archive.read_bytes()
+    cut = tmp_path / archive.name
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    expected = {f["path"]: f["sha256"] for f in json.loads(
+        subprocess.run(["tar", "-xzOf", str(archive), "manifest.json"], capture_output=True,
+                       check=True).stdout)["files"]}
+    folder = tmp_path / "salvaged"
+    done = subprocess.run([BACKUP_PIPELINE, "salvage", str(cut), "--to", str(folder)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    intact = [line.split()[1] for line in lines if line.startswith("intact ")]
+    damaged = [line.split()[1] for line in lines if line.startswith("DAMAGED ")]
+    unreached = [line.split()[2] for line in lines if line.startswith("NOT REACHED ")]
+    assert intact and unreached and len(damaged) <= 1
+    assert sorted(intact + damaged + unreached) == sorted(expected)
+    for path in intact:
+        assert hashlib.sha256((folder / path).read_bytes()).hexdigest() == expected[path]
+    for path in damaged:
+        assert not (folder / path).exists() and (folder / f"{path}.damaged").exists()
+    for path in unreached:
+        assert not (folder / path).exists()
+    assert "the archive is truncated" in done.stderr
+
+    whole = subprocess.run([BACKUP_PIPELINE, "salvage", str(archive), "--to",
+                            str(tmp_path / "whole")], capture_output=True, text=True, timeout=120)
+    assert whole.returncode == 0 and f"{len(expected)} intact, 0 damaged" in whole.stdout
+    again = subprocess.run([BACKUP_PIPELINE, "salvage", str(archive), "--to", str(folder)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "is not empty" in again.stderr

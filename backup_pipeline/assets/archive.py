@@ -19,7 +19,7 @@ import tarfile
 import time
 from datetime import UTC, datetime
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import dagster as dg
 import jinja2
@@ -198,8 +198,15 @@ def build_manifest(export: dict, config: dict, created_at: datetime, name: str,
                    "missing": config["missing"],
                    "skipped": config.get("skipped", [])},
         "versions": versions,
-        "files": [info, restore, *export["files"], *config["files"]],
+        "files": [info, restore, *_schema_first(export["files"]), *config["files"]],
     }
+
+
+def _schema_first(files: list[dict]) -> list[dict]:
+    """The schema, roles and sequence files (database/_*) before the table data, in the order
+    the archive is written: a cut or damaged archive loses what follows the break, and the
+    intact data files are of no use without the schema (backup-pipeline salvage)."""
+    return sorted(files, key=lambda f: not PurePosixPath(f["path"]).name.startswith("_"))
 
 
 def archive_materialization(instance: dg.DagsterInstance, run_id: str | None,
