@@ -30,10 +30,21 @@ def make_private_dirs(folder: Path) -> None:
         os.chmod(path, PRIVATE_DIR)
 
 
-def open_private(path: Path, exclusive: bool = False) -> BinaryIO:
-    """`path` opened for writing (truncated), created 0600; never through a symlink."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_EXCL if exclusive else os.O_TRUNC)
-    return os.fdopen(os.open(path, flags, PRIVATE), "wb")
+def open_private(path: Path, exclusive: bool = False, append: bool = False,
+                 mode: int = PRIVATE) -> BinaryIO:
+    """`path` opened for writing (truncated, or at its end with `append`), created with `mode`;
+    never through a symlink. `exclusive`: a new file, given exactly `mode` (os.open's is narrowed
+    by the umask). A file that exists keeps its mode."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (
+        os.O_EXCL if exclusive else os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, mode)
+    try:
+        if exclusive:
+            os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "ab" if append else "wb")
 
 
 def write_private_text(path: Path, text: str) -> bytes:
@@ -55,10 +66,9 @@ def fsync_dir(path: Path) -> None:
 def write_synced(path: Path, data: bytes, mode: int = PRIVATE) -> None:
     """A new file `path` holding `data`, on disk (fsynced) when this returns, or no file at all:
     the temporary half of every write that must never be seen half done."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    handle = open_private(path, exclusive=True, mode=mode)
     try:
-        os.fchmod(fd, mode)  # exactly `mode`: os.open's is narrowed by the umask
-        with os.fdopen(fd, "wb") as handle:
+        with handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -516,7 +516,6 @@ def write_config(workdir: Path, manifest: dict, target: Path) -> Iterator[str]:
             with open_private(partial, exclusive=True) as out, \
                     (workdir / layout.CONFIG_DIR).joinpath(*relative.parts).open("rb") as source:
                 shutil.copyfileobj(source, out)
-            os.chmod(partial, 0o600)
             os.replace(partial, destination)
         except BaseException:
             partial.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from backup_pipeline.files import make_private_dirs
+from backup_pipeline.files import make_private_dirs, open_private
 
 DEFAULT_LOG_FILE = "/var/log/backup.log"
 
@@ -28,7 +28,7 @@ class RunLogFileHandler(logging.Handler):
         try:
             make_private_dirs(self.path.parent)
             # Created here with its mode: FileHandler's open() would make it 0666 minus umask.
-            os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+            open_private(self.path, append=True).close()
             self._inner = logging.FileHandler(self.path, encoding="utf-8")
             self._inner.setFormatter(self.formatter)
         except OSError as error:

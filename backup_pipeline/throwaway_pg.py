@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backup_pipeline.files import make_private_dirs, write_private_text
+from backup_pipeline.files import make_private_dirs, open_private, write_private_text
 
 SERVER_USER = "postgres"
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
@@ -313,8 +313,7 @@ def _spawn_postmaster(cluster: LocalCluster, settings: dict[str, str],
     command = [str(cluster.bindir / "postgres"), "-D", str(cluster.data_dir)]
     for name, value in settings.items():
         command += ["-c", f"{name}={value}"]
-    log_path = cluster.base / LOG_FILE
-    with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
+    with open_private(cluster.base / LOG_FILE, append=True) as log:
         return _spawner(parent).submit(
             subprocess.Popen, command, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, cwd="/", preexec_fn=die_with_parent,

@@ -22,7 +22,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import queue
 import tarfile
 import threading
@@ -35,7 +34,7 @@ from typing import BinaryIO
 from isal import igzip_lib
 
 from backup_pipeline import layout
-from backup_pipeline.files import make_private_dirs
+from backup_pipeline.files import make_private_dirs, open_private
 from backup_pipeline.pg import PG_DUMP_COMPLETE
 
 CHUNK = 1 << 20
@@ -609,8 +608,7 @@ def _write_member(folder: Path, name: str, stream: io.BufferedReader) -> None:
     """Extract one (already checked safe) member as a private file under `folder`."""
     target = folder / name
     make_private_dirs(target.parent)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
+    with open_private(target, exclusive=True) as handle:
         for block in iter(lambda: stream.read(CHUNK), b""):
             handle.write(block)
 
