@@ -12,6 +12,7 @@ Two ways to run it:
   started it, even one killed with SIGKILL.
 - `die_with_parent=False` (the quickstart's --keep-server): a `pg_ctl start` daemon that outlives
   the command that started it.
+Either way `initdb` gets SIGKILL if we die while it runs: a half-made folder is the sweep's.
 
 Each folder holds an `owner.json` naming the process that started it, so `sweep_leftovers` can
 remove what a killed process left without ever touching the folder of a live one.
@@ -263,12 +264,19 @@ def _initdb(cluster: LocalCluster, account: pwd.struct_passwd | None) -> None:
     write_private_text(pwfile, cluster.password + "\n")
     if account is not None:
         os.chown(pwfile, account.pw_uid, account.pw_gid)
+    command = [str(cluster.bindir / "initdb"), "-D", str(cluster.data_dir), "-U", cluster.user,
+               "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync",
+               "--locale=C.UTF-8" if _has_c_utf8() else "--locale=C"]
     try:
-        _run([str(cluster.bindir / "initdb"), "-D", str(cluster.data_dir), "-U", cluster.user,
-              "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync",
-              "--locale=C.UTF-8" if _has_c_utf8() else "--locale=C"], account)
+        # initdb ignores SIGPIPE: orphaned, it would go on for seconds, starting server
+        # processes in the folder the next run's sweep removes. SIGKILL ends it at once.
+        initdb = _spawn_dying_with_us(command, account, signal.SIGKILL, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = initdb.communicate()
     finally:
         pwfile.unlink()
+    if initdb.returncode != 0:
+        raise ClusterError(f"{' '.join(command)} failed: {err.strip() or out}")
 
 
 def _start_daemon(cluster: LocalCluster, settings: dict[str, str],
@@ -291,9 +299,9 @@ def _spawner(pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="throwaway_pg")
 
 
-def _spawn_postmaster(cluster: LocalCluster, settings: dict[str, str],
-                      account: pwd.struct_passwd | None) -> subprocess.Popen[bytes]:
-    """Start `postgres` as our child, armed to get SIGQUIT (immediate shutdown) when we die.
+def _spawn_dying_with_us(command: list[str], account: pwd.struct_passwd | None,
+                         death_signal: signal.Signals, **popen: Any) -> subprocess.Popen[Any]:
+    """Start `command` as our child, armed to get `death_signal` when this process dies.
 
     Two kernel rules shape this. The death signal is sent when the *thread* that forked the
     child ends, not the process: the fork happens on a thread that lives as long as the process.
@@ -302,23 +310,27 @@ def _spawn_postmaster(cluster: LocalCluster, settings: dict[str, str],
     """
     parent = os.getpid()
     prctl = ctypes.CDLL(None, use_errno=True).prctl
-    death_signal = int(signal.SIGQUIT)
 
     def die_with_parent() -> None:
-        if prctl(_PR_SET_PDEATHSIG, death_signal) != 0:
+        if prctl(_PR_SET_PDEATHSIG, int(death_signal)) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
         if os.getppid() != parent:
             os._exit(1)  # the parent died before the signal was armed: nobody would stop us
 
+    return _spawner(parent).submit(subprocess.Popen, command, cwd="/",
+                                   preexec_fn=die_with_parent, **_as_account(account),
+                                   **popen).result()
+
+
+def _spawn_postmaster(cluster: LocalCluster, settings: dict[str, str],
+                      account: pwd.struct_passwd | None) -> subprocess.Popen[bytes]:
+    """Start `postgres` as our child: SIGQUIT (immediate shutdown) when we die."""
     command = [str(cluster.bindir / "postgres"), "-D", str(cluster.data_dir)]
     for name, value in settings.items():
         command += ["-c", f"{name}={value}"]
     with open_private(cluster.base / LOG_FILE, append=True) as log:
-        return _spawner(parent).submit(
-            subprocess.Popen, command, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, cwd="/", preexec_fn=die_with_parent,
-            **_as_account(account),
-        ).result()
+        return _spawn_dying_with_us(command, account, signal.SIGQUIT, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT)
 
 
 def _wait_until_ready(cluster: LocalCluster, process: subprocess.Popen[bytes]) -> None:

@@ -3,6 +3,7 @@ fails its run before anything calls it good; the throwaway server never outlives
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -125,6 +126,33 @@ def _postgres_in(folder: Path) -> list[int]:
     return found
 
 
+def _describe(pids: list[int], folder: Path) -> str:
+    """What the processes left in `folder` are, for a failure message."""
+    lines = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            status = dict(line.split(":\t", 1) for line in
+                          Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            lines.append(f"{pid} ppid {status.get('PPid')} state {status.get('State')} "
+                         f"{command}")
+    with contextlib.suppress(OSError):
+        lines.append("owner " + (folder / "owner.json").read_text())
+    with contextlib.suppress(OSError):
+        lines.append("log " + (folder / "server.log").read_text()[-2000:])
+    return "\n".join(lines)
+
+
+def _server_runs_in(folder: Path) -> bool:
+    """Whether the proof's server (not initdb's standalone backend, whose pid the lock file
+    holds negated) runs in `folder`."""
+    try:
+        pid = (folder / "data" / "postmaster.pid").read_text().split("\n", 1)[0]
+    except OSError:
+        return False
+    return pid.isdigit()
+
+
 def _kill_during_the_proof(env: dict[str, str], home: Path) -> Path | None:
     """Run the backup with `dagster job execute` and SIGKILL it while its throwaway server
     runs; the server's folder, or None when the run was over before it could be killed."""
@@ -136,7 +164,7 @@ def _kill_during_the_proof(env: dict[str, str], home: Path) -> Path | None:
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and run.poll() is None:
-            new = [f for f in _proof_folders() - before if (f / "data" / "postmaster.pid").exists()]
+            new = [f for f in _proof_folders() - before if _server_runs_in(f)]
             if new:
                 os.kill(run.pid, signal.SIGKILL)
                 run.wait()
@@ -163,7 +191,8 @@ def test_a_killed_run_leaves_no_server_and_the_next_run_cleans_up(throwaway_proo
     deadline = time.monotonic() + 30
     while _postgres_in(folder) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _postgres_in(folder) == [], "the throwaway server outlived its killed run"
+    assert _postgres_in(folder) == [], f"the throwaway server outlived its killed run: " \
+        f"{_describe(_postgres_in(folder), folder)}"
     assert folder.exists()  # what the killed run could not remove ...
     result = run_backup(backup_env, instance)
     assert result.success

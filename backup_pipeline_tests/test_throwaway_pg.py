@@ -155,6 +155,48 @@ def test_killed_owner_leaves_no_server_and_its_folder_is_swept(
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+def _bootstrapping(prefix: str) -> Path | None:
+    """The data folder under `prefix` whose initdb is in its bootstrap step, if any."""
+    for data_dir in Path(tempfile.gettempdir()).glob(f"{prefix}*/data"):
+        for pid in processes_in(data_dir):
+            try:
+                if b"--boot" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                    return data_dir
+            except OSError:
+                continue
+    return None
+
+
+def test_an_owner_killed_during_initdb_takes_initdb_with_it() -> None:
+    # initdb ignores SIGPIPE: orphaned, it would finish on its own, starting servers in a
+    # folder the next sweep removes. Killed in its bootstrap step, it must never get as far
+    # as the `postgres` database (base/5).
+    prefix = f"bp_test_initdb_{uuid.uuid4().hex[:8]}_"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD.format(die_with_parent=True, prefix=prefix)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while (data_dir := _bootstrapping(prefix)) is None and child.poll() is None:
+            assert time.monotonic() < deadline, "initdb's bootstrap step was never seen"
+            time.sleep(0.005)
+        assert data_dir is not None, "the child ended before its initdb was seen"
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        assert wait_for(lambda: not processes_in(data_dir), seconds=20), \
+            "initdb or its server processes outlived their owner"
+        time.sleep(1)  # an orphaned initdb would start its next step's server by now
+        assert processes_in(data_dir) == []
+        assert not (data_dir / "base" / "5").exists(), "initdb went on after its owner died"
+        assert sweep_leftovers(prefix) == [data_dir.parent]
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        for leftover in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def test_sweep_tells_a_reused_pid_from_the_owner_and_skips_unknown_owners(
         prefix: str, own_cluster: LocalCluster) -> None:
     owner = json.loads((own_cluster.base / "owner.json").read_text())
