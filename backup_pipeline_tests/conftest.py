@@ -141,10 +141,10 @@ def backup_env(tmp_path: Path, server: Server, source_db: str, proof_db: str,
     Its restore proof goes to a scratch database of the suite's server (BACKUP_DRILL_DSN, a
     setting deployments use too), which spares each run a server of its own; the tests of
     the throwaway server take `throwaway_proof` instead."""
-    return _sample_env(server, source_db, proof_db, tmp_path, monkeypatch)
+    return sample_env(server, source_db, proof_db, tmp_path, monkeypatch)
 
 
-def _sample_env(server: Server, dbname: str, proof_db: str, folder: Path,
+def sample_env(server: Server, dbname: str, proof_db: str, folder: Path,
                 monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     env = {
         **server.env(dbname),
@@ -239,7 +239,7 @@ def archive(server: Server, sample_template: str, tmp_path_factory: pytest.TempP
     source, proof = new_database(server, sample_template), f"bp_proof_{uuid.uuid4().hex[:10]}"
     try:
         with pytest.MonkeyPatch.context() as monkeypatch, dg.instance_for_test() as instance:
-            env = _sample_env(server, source, proof, tmp_path_factory.mktemp("archive"),
+            env = sample_env(server, source, proof, tmp_path_factory.mktemp("archive"),
                               monkeypatch)
             assert run_backup(env, instance).success
             [made] = archives(env["BACKUP_DIR"])

@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -18,12 +17,10 @@ import pytest
 from backup_pipeline import layout
 from backup_pipeline.definitions import build_defs
 from backup_pipeline.settings import load_settings
-from backup_pipeline_tests.conftest import drop_database
 from backup_pipeline_tests.helpers import (
     BACKUP_PIPELINE,
     CRITICAL,
     EXCLUDED,
-    REPO,
     WINDOWED,
     archives,
     manifest,
@@ -429,47 +426,3 @@ def test_the_plain_shell_checks_catch_a_crafted_archive(archive, tmp_path):
     assert "users.sql:" in sql_check and "\\! id > pwned" in sql_check
     assert "COPY users FROM PROGRAM 'id';" in sql_check
     assert not (folder / "pwned").exists()
-
-
-def _runbook_blocks(heading: str, steps: range) -> list[str]:
-    """The ```bash blocks of BACKUP_OPERATIONS.md's section `heading`, in the given steps."""
-    text = (REPO / "docs" / "BACKUP_OPERATIONS.md").read_text()
-    section = text.split(f"### {heading}\n", 1)[1].split("\n### ", 1)[0]
-    chosen = []
-    for number in steps:
-        step = section.split(f"\n{number}. ", 1)[1].split(f"\n{number + 1}. ", 1)[0]
-        chosen += re.findall(r"```bash\n(.*?)```", step, re.DOTALL)
-    return chosen
-
-
-def test_the_emergency_restore_runs_as_the_runbook_writes_it(archive, server, scratch_db,
-                                                              tmp_path):
-    """Steps 2 to 5 of "Full emergency restore, step by step", their commands as written; only
-    the runbook's placeholders become this test's server, archive and folders."""
-    damaged = f"{scratch_db}_damaged"
-    with server.admin() as conn:
-        conn.execute(f'CREATE DATABASE "{scratch_db}"')  # the damaged database to keep
-    config = tmp_path / "restored_config"
-    script = "\n".join(_runbook_blocks("Full emergency restore, step by step", range(2, 6)))
-    values = {"/backups/critical_backup_YYYYMMDD_HHMMSS.tar.gz": str(archive),
-              "/backups": str(archive.parent),
-              "PGHOST=localhost PGPORT=5432 PGUSER=postgres":
-                  f"PGHOST={server.host} PGPORT={server.port} PGUSER={server.user}",
-              "PGPASSWORD=...": f"PGPASSWORD={server.password}",
-              "smart_ai_hub_damaged": damaged, "smart_ai_hub": scratch_db,
-              "/root/restored_config": str(config)}
-    assert all(placeholder in script for placeholder in values), script
-    pattern = "|".join(re.escape(p) for p in sorted(values, key=len, reverse=True))
-    script = re.sub(pattern, lambda match: values[match.group(0)], script)  # one pass
-    try:
-        done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script],
-                              env={**os.environ, "BACKUP_DIR": str(archive.parent),
-                                   "PATH": f"{Path(BACKUP_PIPELINE).parent}:{os.environ['PATH']}"},
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        assert archive.name in done.stdout and "Snapshot" in done.stdout
-        assert f"RESTORE OK into database {scratch_db}" in done.stdout
-        assert (config / ".env.production").is_file()
-        assert scalar(server.dsn(scratch_db), "SELECT count(*) FROM users") > 0
-    finally:
-        drop_database(server, damaged)
