@@ -8,6 +8,7 @@ them gets there first.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -20,12 +21,22 @@ from backup_pipeline.alerts import (
     troubleshooting,
 )
 from backup_pipeline.emails.render import FailureInfo, failure_email
+from backup_pipeline.jobs import PROJECT_JOB_TAG
 from backup_pipeline.resources.mailer import Mailer
 from backup_pipeline.settings import Settings
 
 
 def run_url(settings: Settings, run_id: str) -> str:
     return f"{settings.dagster_ui_url}/runs/{run_id}"
+
+
+def is_ours(run: dg.DagsterRun, asset_keys: Collection[dg.AssetKey]) -> bool:
+    """Whether `run` is one this project alerts for: a run of its jobs (their tag), or a run the
+    UI made to materialize some of its assets (asset keys are unique across code locations)."""
+    if run.tags.get(PROJECT_JOB_TAG) == run.job_name:
+        return True
+    return run.job_name.startswith("__ASSET_JOB") and not (run.asset_selection or set()).isdisjoint(
+        asset_keys)
 
 
 def will_be_retried(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:

@@ -21,15 +21,16 @@ from backup_pipeline.settings import Settings, load_settings
 
 def build_defs(settings: Settings) -> dg.Definitions:
     """The project's definitions for `settings`; tests build theirs from their own settings."""
+    assets = build_assets(settings)
     return dg.Definitions(
-        assets=build_assets(settings),
+        assets=assets,
         asset_checks=build_asset_checks(settings),
         jobs=[backup_job, restore_drill_job],
         schedules=[
             build_nightly_backup_schedule(settings, backup_job),
             build_restore_drill_schedule(settings, restore_drill_job),
         ],
-        sensors=build_sensors(settings),
+        sensors=build_sensors(settings, {key for asset in assets for key in asset.keys}),
         resources=build_resources(settings),
         executor=dg.in_process_executor,
     )

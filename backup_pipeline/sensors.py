@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 
 import dagster as dg
 
 from backup_pipeline import layout
-from backup_pipeline.alerting import ALERT_RETRY_HOURS, send_failure_alert, undelivered_alerts
+from backup_pipeline.alerting import (
+    ALERT_RETRY_HOURS,
+    is_ours,
+    send_failure_alert,
+    undelivered_alerts,
+)
 from backup_pipeline.alerts import troubleshooting
 from backup_pipeline.emails.render import Notice, notice_email
 from backup_pipeline.resources.mailer import Mailer
@@ -47,7 +53,9 @@ def _incident(context: dg.SensorEvaluationContext, mailer: Mailer, problem: str 
     return dg.SkipReason(ok_text)
 
 
-def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
+def build_sensors(settings: Settings, asset_keys: Collection[dg.AssetKey]
+                  ) -> list[dg.SensorDefinition]:
+    """The sensors; `asset_keys` are this project's assets, whose UI-made runs alert too."""
     # Why: a backup that silently stops (daemon down, schedule off, host asleep) sends no
     # failure email; only the absence of a fresh verified archive shows it.
     @dg.sensor(name="backup_age_sensor", minimum_interval_seconds=300,
@@ -106,8 +114,11 @@ def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
     @dg.run_failure_sensor(name="backup_failure_alert_sensor", monitor_all_code_locations=True,
                            minimum_interval_seconds=30,
                            default_status=dg.DefaultSensorStatus.RUNNING,
-                           description="One alert email for a failed run no hook alerted for.")
+                           description="One alert email for a failed run of this project's "
+                                       "jobs that no hook alerted for.")
     def backup_failure_alert_sensor(context: dg.RunFailureSensorContext, mailer: Mailer) -> None:
+        if not is_ours(context.dagster_run, asset_keys):
+            return  # another project's run on the same instance: not ours to alert for
         run_id = context.dagster_run.run_id
         step, error = describe_failure(context.instance, run_id)
         send_failure_alert(context.instance, mailer, settings, run_id, step, error)

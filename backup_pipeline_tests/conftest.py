@@ -8,7 +8,9 @@ The sample data is generated once into a template; each test gets its own copy i
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +26,29 @@ from backup_pipeline.throwaway_pg import LocalCluster, start_cluster
 
 TEST_SCALE = float(os.environ.get("BACKUP_TEST_SCALE", "0.25"))
 TEMPLATE_DB = f"bp_sample_template_{uuid.uuid4().hex[:8]}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker gets a temporary folder of its own (TMPDIR, inherited by
+    every program a test starts): tests that look for what a killed run left in the temporary
+    folder (a throwaway server's, a staging folder) must not find another worker's."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        folder = Path(tempfile.gettempdir()) / f"bp_tests_{worker}_{uuid.uuid4().hex[:8]}"
+        folder.mkdir(mode=0o700)
+        folder.chmod(0o1777)  # as /tmp: the server's own user makes its folders here too
+        os.environ["TMPDIR"] = str(folder)
+        tempfile.tempdir = None
+        config.stash[_WORKER_TMP] = folder
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(_WORKER_TMP, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_WORKER_TMP = pytest.StashKey[Path]()
 
 
 @dataclass

@@ -162,14 +162,66 @@ def test_a_failed_run_sends_exactly_one_urgent_alert(mail_env, smtp, instance):
 def _evaluate_failure_sensor(env, instance, result) -> None:
     defs = build_defs(load_settings(env))
     sensor = defs.resolve_sensor_def("backup_failure_alert_sensor")
-    failure = next(e for e in instance.all_logs(result.run_id)
-                   if e.dagster_event and e.dagster_event.event_type_value == "PIPELINE_FAILURE")
+    failure = _failure_event(instance, result.run_id)
     context = dg.build_run_status_sensor_context(
         sensor_name=sensor.name, dagster_instance=instance,
         dagster_run=instance.get_run_by_id(result.run_id),
         dagster_event=failure.dagster_event, resources={"mailer": defs.resources["mailer"]},
     ).for_run_failure()
     sensor(context)
+
+
+def _failure_event(instance, run_id: str):
+    return next(e for e in instance.all_logs(run_id)
+                if e.dagster_event and e.dagster_event.event_type_value == "PIPELINE_FAILURE")
+
+
+def test_only_this_projects_failed_runs_alert(mail_env, smtp, instance):
+    """The sensor watches every code location of the instance: another project's failed runs,
+    even of a job named backup_job, send nothing; a failed run of ours that no hook alerted for
+    (as launched: with its job's tags) and a UI run of some of our assets send one each."""
+    @dg.op
+    def fails() -> None:
+        raise RuntimeError("another project's failure")
+
+    @dg.asset(name="someone_elses_table")
+    def someone_elses_table() -> None:
+        raise RuntimeError("another project's asset")
+
+    other = dg.Definitions(assets=[someone_elses_table], jobs=[
+        dg.JobDefinition(graph_def=dg.GraphDefinition(name=name, node_defs=[fails]), name=name)
+        for name in ("backup_job", "nightly_etl")])
+    theirs = [other.resolve_job_def(name).execute_in_process(instance=instance,
+                                                             raise_on_error=False).run_id
+              for name in ("backup_job", "nightly_etl")]
+    theirs.append(other.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, raise_on_error=False).run_id)
+    defs = build_defs(load_settings(mail_env))
+    sensor = defs.resolve_sensor_def("backup_failure_alert_sensor")
+
+    def evaluate(run_id: str) -> None:
+        sensor(dg.build_run_status_sensor_context(
+            sensor_name=sensor.name, dagster_instance=instance,
+            dagster_run=instance.get_run_by_id(run_id),
+            dagster_event=_failure_event(instance, run_id).dagster_event,
+            resources={"mailer": defs.resources["mailer"]}).for_run_failure())
+
+    for run_id in theirs:
+        evaluate(run_id)
+    assert smtp.recorder.messages == []
+
+    job = defs.resolve_job_def("backup_job")
+    ours = instance.create_run_for_job(job_def=job, tags=job.tags)
+    instance.report_run_failed(ours)
+    evaluate(ours.run_id)
+    [(_, message)] = smtp.recorder.messages
+    assert message["Subject"].startswith("URGENT: Smart AI Hub backup_job FAILED")
+    ui_run = instance.create_run_for_job(
+        job_def=defs.resolve_implicit_global_asset_job_def(),
+        asset_selection=frozenset({dg.AssetKey("backup_archive")}))
+    instance.report_run_failed(ui_run)
+    evaluate(ui_run.run_id)
+    assert len(smtp.recorder.messages) == 2
 
 
 def test_a_failed_blocking_check_alerts_once_without_the_daemon_too(mail_env, smtp, instance):
