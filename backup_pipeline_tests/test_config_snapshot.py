@@ -172,7 +172,7 @@ def _materialize(config_dir: Path, tmp_path: Path, instance: dg.DagsterInstance,
     settings = load_settings({"BACKUP_DIR": str(backup_dir or tmp_path / "backups"),
                               "BACKUP_CONFIG_DIR": str(config_dir),
                               "ADMIN_EMAILS": "admin@example.com"})
-    return dg.materialize([build_config_snapshot(settings)], instance=instance,
+    return dg.materialize([build_config_snapshot(settings, whole=frozenset())], instance=instance,
                           resources={"storage": BackupStorage(backup_dir=str(settings.backup_dir))},
                           raise_on_error=False)
 

@@ -24,6 +24,7 @@ from backup_pipeline import settings as settings_module
 from backup_pipeline.sample_data.cluster import free_port
 from backup_pipeline_tests.helpers import (
     REPO,
+    archives,
     blocked_run,
     outbox_messages,
     plain_text,
@@ -325,6 +326,28 @@ def test_the_stack_runs_queues_and_monitors(stack, backup_env, server):
     assert [r["status"] for r in runs] == ["SUCCESS", "SUCCESS"], stack.log("code")
     first, second = sorted(runs, key=lambda r: r["startTime"])
     assert first["endTime"] <= second["startTime"], "the queue let two backups overlap"
+
+    # "Materialize" on the archive alone, as the UI sends it: refused, the reason on the run,
+    # no email (the two above sent one each).
+    emails = len(outbox_messages(backup_env))
+    partial = {**REPOSITORY, "jobName": "__ASSET_JOB",
+               "assetSelection": [{"path": ["backup_archive"]}]}
+    launched = _graphql(port, LAUNCH, {"selector": partial})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    refused_id = launched["run"]["runId"]
+    _wait(lambda: _runs(port, [refused_id])[refused_id]["status"] in ("SUCCESS", "FAILURE"),
+          "the partial run", 120)
+    assert _runs(port, [refused_id])[refused_id]["status"] == "FAILURE"
+    query = """query($id: ID!) { runOrError(runId: $id) { ... on Run { eventConnection {
+                 events { __typename
+                          ... on ExecutionStepFailureEvent { stepKey error { message } }
+               } } } } }"""
+    events = _graphql(port, query, {"id": refused_id})["runOrError"]["eventConnection"]["events"]
+    [step_failure] = [e for e in events if e["__typename"] == "ExecutionStepFailureEvent"]
+    assert step_failure["stepKey"] == "backup_archive"
+    assert "refused: a backup is made whole or not at all" in step_failure["error"]["message"]
+    assert len(outbox_messages(backup_env)) == emails
+    assert len(archives(backup_env["BACKUP_DIR"])) == 2
 
     # The history is in PostgreSQL, in the Dagster instance's own database.
     with psycopg.connect(server.dsn(stack.env["DAGSTER_PG_DB"])) as conn:

@@ -29,6 +29,7 @@ from isal import isal_zlib
 from backup_pipeline import layout
 from backup_pipeline.assets.config_snapshot import CONFIG_KEY, CONFIG_RECORD
 from backup_pipeline.assets.database import EXPORT_RECORD, export_specs
+from backup_pipeline.assets.whole_backup import refuse_a_partial_backup
 from backup_pipeline.files import open_private, write_private_text
 from backup_pipeline.pg import HashingWriter
 from backup_pipeline.resources.storage import BackupStorage
@@ -231,7 +232,8 @@ def _read_record(staging: Path, name: str) -> dict:
     return json.loads(path.read_text())
 
 
-def build_backup_archive(settings: Settings) -> dg.AssetsDefinition:
+def build_backup_archive(settings: Settings, whole: frozenset[dg.AssetKey]
+                         ) -> dg.AssetsDefinition:
     """The archive depends on every table's asset, so lineage leads back to each dump."""
     deps = [spec.key for spec in export_specs(settings)] + [CONFIG_KEY]
 
@@ -245,6 +247,7 @@ def build_backup_archive(settings: Settings) -> dg.AssetsDefinition:
     )
     def backup_archive(context: dg.AssetExecutionContext, storage: BackupStorage
                        ) -> dg.MaterializeResult:
+        refuse_a_partial_backup(context, whole)
         staging = storage.staging(context.run.run_id)
         export = _read_record(staging, EXPORT_RECORD)
         config = _read_record(staging, CONFIG_RECORD)

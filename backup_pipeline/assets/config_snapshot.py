@@ -23,6 +23,7 @@ from pathlib import Path
 import dagster as dg
 
 from backup_pipeline import layout
+from backup_pipeline.assets.whole_backup import refuse_a_partial_backup
 from backup_pipeline.files import make_private_dirs, open_private, write_private_text
 from backup_pipeline.pg import HashingWriter
 from backup_pipeline.resources.storage import BackupStorage, DiskSpaceError, tree_bytes
@@ -176,7 +177,8 @@ def snapshot_config(config_dir: Path, entries: tuple[str, ...], staging: Path) -
             "skipped": plan.skipped}
 
 
-def build_config_snapshot(settings: Settings) -> dg.AssetsDefinition:
+def build_config_snapshot(settings: Settings, whole: frozenset[dg.AssetKey]
+                          ) -> dg.AssetsDefinition:
     @dg.asset(
         name="config_snapshot",
         group_name="config",
@@ -186,6 +188,7 @@ def build_config_snapshot(settings: Settings) -> dg.AssetsDefinition:
     )
     def config_snapshot(context: dg.AssetExecutionContext, storage: BackupStorage
                         ) -> dg.MaterializeResult:
+        refuse_a_partial_backup(context, whole)
         staging = storage.staging(context.run.run_id)
         if not settings.config_dir.is_dir():
             context.log.warning(

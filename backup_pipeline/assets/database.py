@@ -26,6 +26,7 @@ from backup_pipeline.assets.transactions import (
     write_window_for_psql,
     write_window_part,
 )
+from backup_pipeline.assets.whole_backup import refuse_a_partial_backup
 from backup_pipeline.export_plan import ExportPlan, TableInfo, WindowedTable, build_plan
 from backup_pipeline.files import write_private_text
 from backup_pipeline.pg import COPY_BLOCK, CopyResult, HashingWriter
@@ -285,7 +286,8 @@ def _write_windows_for_psql(snap: Snapshot, plan: ExportPlan, exported: list[_Ex
     return files
 
 
-def build_database_export(settings: Settings) -> dg.AssetsDefinition:
+def build_database_export(settings: Settings, whole: frozenset[dg.AssetKey]
+                          ) -> dg.AssetsDefinition:
     specs = export_specs(settings)
 
     @dg.multi_asset(
@@ -297,6 +299,7 @@ def build_database_export(settings: Settings) -> dg.AssetsDefinition:
     def database_export(
         context: dg.AssetExecutionContext, postgres: PostgresResource, storage: BackupStorage
     ):
+        refuse_a_partial_backup(context, whole)
         staging = storage.staging(context.run.run_id)
         database_dir = staging / layout.DATABASE_DIR
         database_dir.mkdir(mode=0o700, exist_ok=True)

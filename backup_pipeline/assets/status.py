@@ -14,14 +14,19 @@ import dagster as dg
 
 from backup_pipeline.assets.archive import ARCHIVE_KEY, archive_materialization
 from backup_pipeline.assets.restore_proof import PROOF_KEY
+from backup_pipeline.assets.whole_backup import refuse_a_partial_backup
 from backup_pipeline.resources.storage import BackupStorage, ProofRecord
 from backup_pipeline.settings import Settings
 
+STATUS_KEY = dg.AssetKey("backup_status")
 
-def build_backup_status(settings: Settings) -> dg.AssetsDefinition:
+
+def build_backup_status(settings: Settings, whole: frozenset[dg.AssetKey]
+                        ) -> dg.AssetsDefinition:
     deps = [ARCHIVE_KEY, PROOF_KEY] if settings.restore_proof else [ARCHIVE_KEY]
 
     @dg.asset(
+        key=STATUS_KEY,
         deps=deps,
         group_name="archive",
         description="BACKUP_DIR/.last_backup_success and .last_backup_size_mb, then retention "
@@ -29,6 +34,7 @@ def build_backup_status(settings: Settings) -> dg.AssetsDefinition:
     )
     def backup_status(context: dg.AssetExecutionContext, storage: BackupStorage
                       ) -> dg.MaterializeResult:
+        refuse_a_partial_backup(context, whole)
         materialization = archive_materialization(context.instance, context.run.run_id)
         if materialization is None:
             raise RuntimeError("backup_status follows a backup_archive of the same run: run "
