@@ -6,8 +6,10 @@ alert for the same kind of problem gives the same advice.
 
 from __future__ import annotations
 
-from backup_pipeline.run_monitoring import DEAD_RUN_PHRASE
 from backup_pipeline.settings import Settings
+
+# What run_monitoring writes into a dead run's failure, and how its alert is recognised.
+DEAD_RUN_PHRASE = "stopped sending heartbeats"
 
 ALERT_TAG = "backup_pipeline/alert"
 # How often the run's alert was tried: the undelivered-alert sensor sends it again.

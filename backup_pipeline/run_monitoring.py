@@ -23,12 +23,13 @@ from datetime import UTC, datetime
 import dagster as dg
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
 
+from backup_pipeline.alerts import DEAD_RUN_PHRASE
+
 HEARTBEAT_KEY_PREFIX = "backup_pipeline/heartbeat/"
 DEFAULT_TIMEOUT_SECONDS = 180
 # Several beats fit in one timeout, so a slow database write or a busy moment is not death.
 BEATS_PER_TIMEOUT = 6
 # The words every dead-run message carries: alerts.failure_kind recognises a dead run by them.
-DEAD_RUN_PHRASE = "stopped sending heartbeats"
 
 
 def _key(run_id: str) -> str:

@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagster._utils.schedules import is_valid_cron_string
-
 from backup_pipeline import layout
 
 DEFAULT_CRITICAL_TABLES = (
@@ -282,6 +280,14 @@ def _restore_proof(env: Mapping[str, str]) -> bool:
             f"BACKUP_RESTORE_PROOF={value!r} is not valid: use always (every archive is restored "
             f"and compared before it counts as good; the default) or off.")
     return value == "always"
+
+
+def is_valid_cron_string(expression: str) -> bool:
+    """Whether Dagster's scheduler accepts `expression`: asked of Dagster itself, imported here
+    only, so that reading the settings (restore, verify, status) does not load Dagster."""
+    from dagster._utils.schedules import is_valid_cron_string as dagster_accepts
+
+    return dagster_accepts(expression)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

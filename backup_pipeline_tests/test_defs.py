@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import dagster as dg
 
 from backup_pipeline.definitions import build_defs
@@ -60,3 +64,24 @@ def test_password_is_an_env_var_not_a_value(monkeypatch):
     postgres = defs.resources["postgres"]
     assert isinstance(postgres.password, dg.EnvVar)
     assert "s3cret-value" not in repr(postgres)
+
+
+# What a restore on a bare host, the plain verification and the emails need: none of it may
+# pull in Dagster (a broken Dagster install must not stop a restore).
+CORE = ["verify", "restore", "salvage", "restore_proof", "throwaway_pg", "settings", "alerts",
+        "emails.render", "pg", "pg_script", "export_plan", "layout", "downloads", "files"]
+
+
+def test_the_core_imports_no_dagster():
+    probe = ("import importlib, json, sys\n"
+             f"for name in {CORE!r}:\n"
+             "    importlib.import_module('backup_pipeline.' + name)\n"
+             "print(json.dumps(sorted(n for n in sys.modules if n.split('.')[0] in "
+             "('dagster', 'dagster_shared', 'dagster_pipes'))))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert json.loads(done.stdout) == []
+    loaded = subprocess.run([sys.executable, "-c", probe.replace(
+        "for name", "import backup_pipeline.definitions\nfor name")], capture_output=True,
+        text=True, timeout=120, check=True)
+    assert json.loads(loaded.stdout), "the probe must see Dagster when it is imported"

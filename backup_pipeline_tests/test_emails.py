@@ -298,6 +298,19 @@ def test_without_smtp_host_emails_go_to_the_outbox(backup_env, instance):
     assert b"Smart AI Hub backup OK" in eml.read_bytes()
 
 
+def test_without_admin_emails_or_smtp_the_outbox_still_gets_the_email(backup_env, instance,
+                                                                     monkeypatch):
+    """ADMIN_EMAILS empty is allowed without SMTP_HOST (load_settings refuses it with one): the
+    message is written to the outbox and no hook errors."""
+    env = {**backup_env, "ADMIN_EMAILS": ""}
+    monkeypatch.setenv("ADMIN_EMAILS", "")
+    result = run_backup(env, instance)
+    assert result.success
+    assert not [e for e in result.all_events if e.event_type_value == "HOOK_ERRORED"]
+    [eml] = list((Path(env["BACKUP_DIR"]) / "outbox").glob("*_success.eml"))
+    assert b"To: undisclosed-recipients:;" in eml.read_bytes()
+
+
 def test_materializing_the_assets_like_the_ui_also_sends_exactly_one_email(mail_env, smtp,
                                                                           instance):
     """The UI's Materialize button runs the implicit asset job, not backup_job: the hooks sit

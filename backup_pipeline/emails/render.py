@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 
 from backup_pipeline import layout
-from backup_pipeline.resources.mailer import Mailer
+
+if TYPE_CHECKING:  # only its new_message(): rendering stays free of Dagster
+    from backup_pipeline.resources.mailer import Mailer
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("backup_pipeline.emails", "templates"),
