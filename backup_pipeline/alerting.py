@@ -93,7 +93,7 @@ def send_failure_alert(instance: dg.DagsterInstance, mailer: Mailer, settings: S
                                    ALERT_SENDING_SINCE_TAG: str(int(time.time()))})
     job = run.job_name if not run.job_name.startswith("__") else "asset materialization"
     failure = FailureInfo(
-        title=f"Smart AI Hub {job} FAILED at {step}",
+        title=f"{settings.app_name} {job} FAILED at {step}",
         step=step, error=error.strip() or "no message", run_id=run_id,
         run_url=run_url(settings, run_id), kind=kind,
         steps=troubleshooting(kind, settings, retried),

@@ -77,7 +77,7 @@ def build_sensors(settings: Settings, asset_keys: Collection[dg.AssetKey]
         steps = ["Check that the Dagster daemon runs and nightly_backup_schedule is on "
                  "(Dagster UI, Automation).", *troubleshooting("backup", settings)]
         ok = f"newest verified backup is {age:.1f} h old" if age is not None else ""
-        return _incident(context, mailer, problem, key, "Smart AI Hub backup is overdue",
+        return _incident(context, mailer, problem, key, f"{settings.app_name} backup is overdue",
                          steps, ok)
 
     # Why: an archive far smaller or larger than usual means missing data or runaway tables,
@@ -104,7 +104,7 @@ def build_sensors(settings: Settings, asset_keys: Collection[dg.AssetKey]
                  "If the data really grew or shrank, adjust BACKUP_MIN_SIZE_MB / "
                  "BACKUP_MAX_SIZE_MB."]
         return _incident(context, mailer, problem, f"size:{newest.name}",
-                         "Smart AI Hub backup has an abnormal size", steps,
+                         f"{settings.app_name} backup has an abnormal size", steps,
                          f"newest archive {newest.name} is {size_mb:.2f} MB")
 
     # Why: hooks only see failing steps. A failed blocking check, or a run that dies before

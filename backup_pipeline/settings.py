@@ -58,8 +58,13 @@ class TransactionTable:
     timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN
 
 
+DEFAULT_APP_NAME = "Smart AI Hub"
+
+
 @dataclass(frozen=True)
 class Settings:
+    # The application whose data this backs up: email subjects, BACKUP_INFO.txt, the manifest.
+    app_name: str = DEFAULT_APP_NAME
     postgres_host: str = "localhost"
     postgres_port: int = 5432
     postgres_db: str = "smart_ai_hub"
@@ -350,6 +355,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 f"or rename it."
             )
     return Settings(
+        app_name=_text(env, "BACKUP_APP_NAME", DEFAULT_APP_NAME),
         postgres_host=_text(env, "POSTGRES_HOST", "localhost"),
         postgres_port=int(_number(env, "POSTGRES_PORT", 5432, kind=int, low=1, high=65535,
                                   meaning="the PostgreSQL server's TCP port")),

@@ -19,7 +19,15 @@ from backup_pipeline.definitions import build_defs
 from backup_pipeline.downloads import make_server, signed_link
 from backup_pipeline.sample_data.cluster import free_port
 from backup_pipeline.settings import load_settings
-from backup_pipeline_tests.helpers import BACKUP_PIPELINE, archives, run_backup
+from backup_pipeline_tests.helpers import (
+    BACKUP_PIPELINE,
+    archives,
+    manifest,
+    outbox_messages,
+    plain_text,
+    read_member,
+    run_backup,
+)
 from backup_pipeline_tests.smtp_server import PASSWORD, start_smtp
 
 ADMINS = {"admin1@example.com", "admin2@example.com"}
@@ -309,6 +317,27 @@ def test_without_admin_emails_or_smtp_the_outbox_still_gets_the_email(backup_env
     assert not [e for e in result.all_events if e.event_type_value == "HOOK_ERRORED"]
     [eml] = list((Path(env["BACKUP_DIR"]) / "outbox").glob("*_success.eml"))
     assert b"To: undisclosed-recipients:;" in eml.read_bytes()
+
+
+def test_the_application_is_named_as_configured(backup_env, instance, monkeypatch):
+    """BACKUP_APP_NAME names the application in the email, BACKUP_INFO.txt and the manifest
+    (the default is the seeds' "Smart AI Hub"), and in the alert of a failed run."""
+    env = {**backup_env, "BACKUP_APP_NAME": "Acme CRM"}
+    monkeypatch.setenv("BACKUP_APP_NAME", "Acme CRM")
+    assert run_backup(env, instance).success
+    [made] = archives(env["BACKUP_DIR"])
+    assert manifest(made)["application"] == "Acme CRM"
+    info = read_member(made, layout.BACKUP_INFO).decode().splitlines()
+    assert info[:2] == ["ACME CRM - CRITICAL DATA BACKUP", "=" * len(info[0])]
+    [success] = outbox_messages(env)
+    assert success["Subject"].startswith("Acme CRM backup OK: ")
+    assert "Acme CRM backup succeeded" in plain_text(success)
+    assert "Smart AI Hub" not in success.as_string()
+    failed = run_backup({**env, "POSTGRES_PORT": "1", "BACKUP_DB_RETRY_BASE_SECONDS": "0.01"},
+                        instance)
+    assert not failed.success
+    alert = outbox_messages(env)[-1]
+    assert alert["Subject"] == "URGENT: Acme CRM backup_job FAILED at database_export"
 
 
 def test_materializing_the_assets_like_the_ui_also_sends_exactly_one_email(mail_env, smtp,

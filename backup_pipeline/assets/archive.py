@@ -163,11 +163,12 @@ def write_archive(target: Path, staging: Path, manifest: dict, mtime: float,
 
 
 def build_manifest(export: dict, config: dict, created_at: datetime, name: str,
-                   staging: Path) -> dict:
+                   staging: Path, app_name: str) -> dict:
     """Write BACKUP_INFO.txt and the restore script into staging; return the manifest."""
     restore = _write_text(staging, layout.RESTORE_SCRIPT, restore_script(export["tables"]))
     versions = _versions()
     info_text = _templates.get_template("BACKUP_INFO.txt.j2").render(
+        app_name=app_name,
         archive_name=name,
         created_at=created_at.isoformat(timespec="seconds"),
         server_major=export["server_version"].split(".")[0],
@@ -182,6 +183,7 @@ def build_manifest(export: dict, config: dict, created_at: datetime, name: str,
     info = _write_text(staging, layout.BACKUP_INFO, info_text)
     return {
         "format": layout.MANIFEST_FORMAT,
+        "application": app_name,
         "archive_name": name,
         "created_at": created_at.isoformat(),
         "database": export["database"],
@@ -254,7 +256,8 @@ def build_backup_archive(settings: Settings, whole: frozenset[dg.AssetKey]
         created_at = datetime.now(UTC)
         name = layout.archive_name(created_at, storage.timezone)
         started = time.monotonic()
-        manifest = build_manifest(export, config, created_at, name, staging)
+        manifest = build_manifest(export, config, created_at, name, staging,
+                                  settings.app_name)
         partial = storage.partial_path(name, context.run.run_id)
         try:
             sha256 = write_archive(partial, staging, manifest, created_at.timestamp(),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import jinja2
 
 from backup_pipeline import layout
+from backup_pipeline.settings import DEFAULT_APP_NAME
 
 if TYPE_CHECKING:  # only its new_message(): rendering stays free of Dagster
     from backup_pipeline.resources.mailer import Mailer
@@ -49,6 +50,7 @@ class BackupSummary:
     # Files seen but not copied (a link out of BACKUP_CONFIG_DIR, a FIFO), each with its reason.
     config_not_copied: list[str]
     run_url: str
+    app_name: str = DEFAULT_APP_NAME
     proof: str = "not proven (BACKUP_RESTORE_PROOF=off)"
     attached: bool = False
     link: str | None = None
@@ -110,6 +112,8 @@ def summary_from_manifest(manifest: dict, archive: Path, size: int, sha256: str,
         config_not_copied=[f"{k['path']} ({k['reason']})"
                            for k in manifest["config"].get("skipped", [])],
         run_url=run_url,
+        # Archives made before BACKUP_APP_NAME hold no name: they are the default's.
+        app_name=manifest.get("application", DEFAULT_APP_NAME),
     )
 
 
@@ -130,7 +134,7 @@ def success_email(mailer: Mailer, summary: BackupSummary, max_mb: float,
                   link: tuple[str, int] | None) -> EmailMessage:
     """Attach when the encoded message fits BACKUP_EMAIL_MAX_MB; otherwise link or path."""
     limit = int(max_mb * layout.MB)
-    subject = (f"Smart AI Hub backup OK: {summary.archive_name} "
+    subject = (f"{summary.app_name} backup OK: {summary.archive_name} "
                f"({summary.size_bytes / layout.MB:.1f} MB)")
     summary.attached = True
     message = _with_bodies(mailer.new_message(subject), "success", {"s": summary})
