@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backup_pipeline import layout
+
 if TYPE_CHECKING:
     from backup_pipeline.restore import RestoreReport
 
@@ -138,7 +140,7 @@ def _status(args: argparse.Namespace) -> int:
           f"{status.free_disk_mb} MB free)")
     if newest:
         verified = {True: "verified", False: "NOT verified", None: "not recorded as verified"}
-        print(f"newest archive    {newest.name}  {newest.size_bytes / 1024 / 1024:.2f} MB  "
+        print(f"newest archive    {newest.name}  {layout.size_text(newest.size_bytes)}  "
               f"{newest.age_hours:.1f} h old  {verified[newest.verified]}")
     else:
         print("newest archive    none")

@@ -262,3 +262,29 @@ def test_one_snapshot_while_the_application_writes(
     assert 0 < purchases < len(writes)
     assert credits == purchases
     assert balance == 10 * purchases
+
+
+def test_every_output_gives_the_same_size_and_file_count(backup_env, instance):
+    """One unit and one rounding for the archive's size, one way to count its files: the email,
+    the UI's metadata, `status` and `verify` agree."""
+    import os
+    import subprocess
+
+    from backup_pipeline.assets.archive import ARCHIVE_KEY
+    from backup_pipeline_tests.helpers import BACKUP_PIPELINE
+
+    assert run_backup(backup_env, instance).success
+    [made] = archives(backup_env["BACKUP_DIR"])
+    size = layout.size_text(made.stat().st_size)
+    assert re.fullmatch(r"\d+\.\d\d MB", size)
+    metadata = instance.get_latest_materialization_event(
+        ARCHIVE_KEY).asset_materialization.metadata
+    assert metadata["size"].value == size and metadata["bytes"].value == made.stat().st_size
+    [email] = outbox_messages(backup_env)
+    assert email["Subject"].endswith(f"({size})") and f"{size} (" in plain_text(email)
+    status = subprocess.run([BACKUP_PIPELINE, "status"], capture_output=True, text=True,
+                            env={**os.environ, **backup_env}, timeout=60)
+    assert f"{made.name}  {size}  " in status.stdout, status.stdout
+    files = metadata["files"].value
+    assert files == len(manifest(made)["files"])
+    assert verify_archive(made).summary() == f"{made.name}: {files} files verified"

@@ -288,9 +288,10 @@ def build_backup_archive(settings: Settings, whole: frozenset[dg.AssetKey]
                 "path": dg.MetadataValue.path(str(final)),
                 "archive_name": final.name,
                 "bytes": size,
-                "size_mb": round(size / (1024 * 1024), 3),
+                "size": layout.size_text(size),
                 "sha256": sha256,
-                "files": len(manifest["files"]) + 1,
+                # As `verify` counts them: the files the manifest lists (manifest.json aside).
+                "files": len(manifest["files"]),
                 "rows": sum(t["rows"] for t in export["tables"]),
                 "cutoff": export["window"]["cutoff"],
                 "config_missing": dg.MetadataValue.json(config["missing"]),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from backup_pipeline import layout
 from backup_pipeline.alerting import send_failure_alert
 from backup_pipeline.assets.archive import (
     ARCHIVE_KEY,
@@ -73,7 +74,8 @@ def check_results(report: VerificationReport, min_mb: float, max_mb: float
             f"archive is {report.size_mb:.3f} MB, outside BACKUP_MIN_SIZE_MB={min_mb:g} .. "
             f"BACKUP_MAX_SIZE_MB={max_mb:g}: check what changed in the data or the settings"
         ),
-        metadata={"size_mb": round(report.size_mb, 3), "min_mb": min_mb, "max_mb": max_mb},
+        metadata={"size": layout.size_text(report.size_bytes), "bytes": report.size_bytes,
+                  "min_mb": min_mb, "max_mb": max_mb},
     )
 
 

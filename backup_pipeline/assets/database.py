@@ -116,7 +116,8 @@ class _Exported:
         key = (dump_key if entry["kind"] == "critical" else transaction_key)(entry["table"])
         metadata = {
             "dagster/row_count": entry["rows"],
-            "bytes": self.size,
+            # The file as it is inside the archive, before the archive's compression.
+            "uncompressed_bytes": self.size,
             "sha256": self.sha256,
             "archive_path": entry["path"],
             "duration_seconds": round(self.seconds, 3),

@@ -58,7 +58,7 @@ class BackupSummary:
 
     @property
     def size_text(self) -> str:
-        return f"{self.size_bytes / layout.MB:.2f} MB ({self.size_bytes:,} bytes)"
+        return f"{layout.size_text(self.size_bytes)} ({self.size_bytes:,} bytes)"
 
     @property
     def duration_text(self) -> str:
@@ -135,7 +135,7 @@ def success_email(mailer: Mailer, summary: BackupSummary, max_mb: float,
     """Attach when the encoded message fits BACKUP_EMAIL_MAX_MB; otherwise link or path."""
     limit = int(max_mb * layout.MB)
     subject = (f"{summary.app_name} backup OK: {summary.archive_name} "
-               f"({summary.size_bytes / layout.MB:.1f} MB)")
+               f"({layout.size_text(summary.size_bytes)})")
     summary.attached = True
     message = _with_bodies(mailer.new_message(subject), "success", {"s": summary})
     if len(message.as_bytes()) + encoded_size(summary.size_bytes) < limit:

@@ -119,7 +119,7 @@ def run_quickstart(workdir: Path, scale: float, keep_server: bool) -> int:
                            )["restore_proof"]
         print(f"    restore proof: restored into {proof['target']} and compared with the "
               f"archive, table by table, in {proof['seconds']:.1f} s")
-        print(f"\nArchive:  {archive} ({archive.stat().st_size / 1024 / 1024:.2f} MB)")
+        print(f"\nArchive:  {archive} ({layout.size_text(archive.stat().st_size)})")
         print(f"Run log:  {log}")
         outbox = workdir / "backups" / "outbox"
         for eml in sorted(outbox.glob("*.eml")):
