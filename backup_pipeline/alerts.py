@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from backup_pipeline.settings import Settings
 
+# How an administrator runs the backup by hand (`dagster job execute -m
+# backup_pipeline.definitions -j backup_job` works too).
+RERUN = ("dg launch --job backup_job (in the project folder; in the stack: docker compose -f "
+         "docker-compose.prod.yml exec backup-code dg launch --job backup_job)")
+
 # What run_monitoring writes into a dead run's failure, and how its alert is recognised.
 DEAD_RUN_PHRASE = "stopped sending heartbeats"
 
@@ -46,8 +51,7 @@ def troubleshooting(kind: str, settings: Settings, retried: bool = False) -> lis
             f"Check it accepts the backup user: psql {pg} -d {settings.postgres_db} -c 'SELECT 1'",
             "Check POSTGRES_HOST, POSTGRES_PORT, POSTGRES_DB, POSTGRES_USER and "
             "POSTGRES_PASSWORD of the backup service.",
-            "Run the backup again: dagster job execute -m backup_pipeline.definitions "
-            "-j backup_job",
+            f"Run the backup again: {RERUN}",
         ],
         "disk": [
             f"Check free space: df -h {settings.backup_dir}",
@@ -85,8 +89,8 @@ def troubleshooting(kind: str, settings: Settings, retried: bool = False) -> lis
             "too, give the service more memory (docker stats) or find what kills it."
             if retried else
             "This run is NOT tried again (it was started outside the daemon, e.g. with `dagster "
-            "job execute`): once the cause is found, run the backup again: dagster job execute "
-            "-m backup_pipeline.definitions -j backup_job",
+            f"job execute` or `dg launch`): once the cause is found, run the backup again: "
+            f"{RERUN}",
         ],
         "email": [
             "Check SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASS, SMTP_SECURITY and ADMIN_EMAILS.",
@@ -96,8 +100,7 @@ def troubleshooting(kind: str, settings: Settings, retried: bool = False) -> lis
         "backup": [
             "Open the run in the Dagster UI (link above) and read the failed step's log.",
             "Check the service: backup-pipeline health-check",
-            "Run the backup again: dagster job execute -m backup_pipeline.definitions "
-            "-j backup_job",
+            f"Run the backup again: {RERUN}",
         ],
     }
     return steps[kind]

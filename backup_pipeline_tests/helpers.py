@@ -43,7 +43,7 @@ def run_backup(env: dict[str, str], instance: dg.DagsterInstance
 
 def write_instance_yaml(home: Path, heartbeat_timeout: int = 9, poll_seconds: int = 2) -> None:
     """The deployment's dagster.yaml, with a dead run declared after seconds, not minutes."""
-    text = (REPO / "dagster.yaml").read_text()
+    text = (REPO / "deploy" / "dagster.yaml").read_text()
     short = (text.replace("heartbeat_timeout_seconds: 180",
                           f"heartbeat_timeout_seconds: {heartbeat_timeout}")
              .replace("poll_interval_seconds: 30", f"poll_interval_seconds: {poll_seconds}"))

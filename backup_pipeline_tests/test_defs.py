@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 
@@ -85,3 +87,25 @@ def test_the_core_imports_no_dagster():
         "for name", "import backup_pipeline.definitions\nfor name")], capture_output=True,
         text=True, timeout=120, check=True)
     assert json.loads(loaded.stdout), "the probe must see Dagster when it is imported"
+
+
+def test_dg_finds_the_project_and_its_definitions(tmp_path):
+    """`dg` from the project folder ([tool.dg] in pyproject.toml): check defs passes, list defs
+    names the jobs, schedules and sensors, with no warning on the way."""
+    from backup_pipeline_tests.helpers import REPO
+
+    dg_bin = str(Path(sys.executable).with_name("dg"))
+    env = {**os.environ, "BACKUP_DIR": str(tmp_path / "backups")}
+    env.pop("DAGSTER_HOME", None)
+    checked = subprocess.run([dg_bin, "check", "defs"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=180)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "All definitions loaded successfully" in checked.stdout + checked.stderr
+    assert "warning" not in (checked.stdout + checked.stderr).lower()
+    listed = subprocess.run([dg_bin, "list", "defs", "--json"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=180, check=True)
+    found = json.loads(listed.stdout)
+    assert {j["name"] for j in found["jobs"]} == {"backup_job", "restore_drill_job"}
+    assert {"nightly_backup_schedule", "restore_drill_schedule"} <= {
+        s["name"] for s in found["schedules"]}
+    assert "backup_failure_alert_sensor" in {s["name"] for s in found["sensors"]}

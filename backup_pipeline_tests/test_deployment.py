@@ -49,7 +49,7 @@ def _env_names_in(path: Path) -> set[str]:
 def _read_by_the_code() -> set[str]:
     package = REPO / "backup_pipeline"
     names = set()
-    for path in [*package.rglob("*.py"), REPO / "dagster.yaml", REPO / "workspace.yaml"]:
+    for path in [*package.rglob("*.py"), *(REPO / "deploy").glob("*.yaml")]:
         names |= _env_names_in(path)
     return names
 
@@ -259,7 +259,7 @@ def stack(backup_env, dagster_home, tmp_path):
            "DAGSTER_CODE_SERVER_HOST": "127.0.0.1", "DAGSTER_CODE_SERVER_PORT": str(code_port),
            "BACKUP_LOG_FILE": str(tmp_path / "log" / "backup.log")}
     running = Stack(env)
-    workspace = str(REPO / "workspace.yaml")
+    workspace = str(REPO / "deploy" / "workspace.yaml")
     try:
         running.start("code", [str(BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1",
                                "-p", str(code_port), "-m", "backup_pipeline.definitions"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from backup_pipeline import layout
 from backup_pipeline_tests.helpers import BACKUP_PIPELINE
@@ -26,3 +27,13 @@ def test_quickstart_at_a_small_scale_makes_a_verified_backup(tmp_path):
                                             f"echo $BACKUP_MIN_SIZE_MB $BACKUP_DIR"],
                              capture_output=True, text=True, check=True)
     assert sourced.stdout.split() == ["0", str(demo / "backups")]
+    # Launched with dg, on the demo's own instance, and not a warning on the way.
+    assert "3/4 running: dg launch --job backup_job" in done.stdout
+    run_log = (demo / "backup_run.log").read_text()
+    assert "RUN_SUCCESS" in run_log
+    assert "Warning" not in run_log and "telemetry" not in run_log.lower(), run_log[:3000]
+    instance = (demo / "dagster_home" / "dagster.yaml").read_text()
+    assert "telemetry:\n  enabled: false" in instance and "HeartbeatRunLauncher" in instance
+    [ui] = [line.strip() for line in done.stdout.splitlines() if line.strip().startswith("cd ")]
+    assert ui.endswith("/dg dev") and f". {demo / 'demo.env'}" in ui
+    assert not (Path(ui.split()[1]) / "dagster.yaml").exists()  # no "will not be used" warning

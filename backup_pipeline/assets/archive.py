@@ -229,7 +229,7 @@ def _read_record(staging: Path, name: str) -> dict:
         raise RuntimeError(
             f"{name} is not in this run's staging folder {staging}: the archive can only be built "
             f"in the same run as database_export and config_snapshot. Run the whole backup_job "
-            f"(dagster job execute -m backup_pipeline.definitions -j backup_job)."
+            f"(dg launch --job backup_job)."
         )
     return json.loads(path.read_text())
 

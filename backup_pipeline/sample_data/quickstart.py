@@ -1,7 +1,7 @@
 """The README's first command: a real backup, end to end, on a throwaway sample database.
 
 It starts a private PostgreSQL, loads the sample Smart AI Hub data, writes sample config files,
-and runs `dagster job execute` exactly as an administrator would, with the seeds' environment
+and runs `dg launch --job backup_job` exactly as an administrator would, with the seeds' environment
 variables pointing at all of it. Everything lives under one folder (`.demo/` by default).
 """
 
@@ -48,6 +48,28 @@ DEMO_SETTINGS = {
 }
 
 
+# The demo's Dagster instance: SQLite in its DAGSTER_HOME (no database of its own to set up),
+# the deployment's queue, dead-run monitoring and retries, and no telemetry.
+DEMO_INSTANCE = """\
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 1
+run_launcher:
+  module: backup_pipeline.run_monitoring
+  class: HeartbeatRunLauncher
+  config:
+    heartbeat_timeout_seconds: 180
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 30
+  max_resume_run_attempts: 0
+telemetry:
+  enabled: false
+"""
+
+
 def demo_env(cluster_env: dict[str, str], workdir: Path) -> dict[str, str]:
     """The seeds' variables for the demo: the sample server, everything under `workdir`, and
     DEMO_SETTINGS, so the demo succeeds at any --scale."""
@@ -70,6 +92,23 @@ def env_file_text(env: dict[str, str]) -> str:
             lines += [f"# {line}" for line in textwrap.wrap(DEMO_SETTINGS[name][1], 96)]
         lines.append(f"{name}={value}")
     return "\n".join(lines) + "\n"
+
+
+def project_folder() -> Path | None:
+    """The clone this package runs from, when it is one (pyproject.toml with [tool.dg]): where
+    `dg` finds the project. None for an installed package: `dagster` then."""
+    root = Path(__file__).resolve().parents[2]
+    pyproject = root / "pyproject.toml"
+    return root if pyproject.is_file() and "[tool.dg]" in pyproject.read_text() else None
+
+
+def ui_command(env_file: Path, project: Path | None) -> str:
+    """The shell line that opens the UI on the demo's instance, without a warning: from the
+    project folder, which holds no dagster.yaml of its own (the stack's is in deploy/)."""
+    env = f"set -a; . {env_file}; set +a"
+    if project:
+        return f"cd {project} && {env} && {Path(sys.executable).with_name('dg')} dev"
+    return f"{env}; {Path(sys.executable).with_name('dagster')} dev -m backup_pipeline.definitions"
 
 
 def run_quickstart(workdir: Path, scale: float, keep_server: bool) -> int:
@@ -95,17 +134,22 @@ def run_quickstart(workdir: Path, scale: float, keep_server: bool) -> int:
         print(f"    {sum(counts.values()):,} rows", flush=True)
         _write_config(workdir / "config")
         env = demo_env(cluster.env("smart_ai_hub"), workdir)
-        Path(env["DAGSTER_HOME"]).mkdir(mode=0o700)
+        home = Path(env["DAGSTER_HOME"])
+        home.mkdir(mode=0o700)
+        write_private_text(home / "dagster.yaml", DEMO_INSTANCE)
         env_file = workdir / "demo.env"
         write_private_text(env_file, env_file_text(env))
-        print("3/4 running: dagster job execute -m backup_pipeline.definitions -j backup_job",
-              flush=True)
+        project = project_folder()
+        launch = (["dg", "launch", "--job", "backup_job"] if project else
+                  ["dagster", "job", "execute", "-m", "backup_pipeline.definitions", "-j",
+                   "backup_job"])
+        print(f"3/4 running: {' '.join(launch)}", flush=True)
         log = workdir / "backup_run.log"
         with open_private(log) as handle:
             result = subprocess.run(
-                [str(Path(sys.executable).with_name("dagster")), "job", "execute",
-                 "-m", "backup_pipeline.definitions", "-j", "backup_job"],
+                [str(Path(sys.executable).with_name(launch[0])), *launch[1:]],
                 env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT,
+                cwd=project or workdir,
             )
         if result.returncode != 0:
             print(f"the backup run FAILED (exit {result.returncode}); its log: {log}")
@@ -126,8 +170,7 @@ def run_quickstart(workdir: Path, scale: float, keep_server: bool) -> int:
             print(f"Email:    {eml}  (no SMTP_HOST: written to the local outbox)")
         print(f"Inside:   tar -tzf {archive}   and   tar -xzOf {archive} BACKUP_INFO.txt")
         print("\nOpen the Dagster UI on this run (then http://127.0.0.1:3000):")
-        print(f"  set -a; . {env_file}; set +a; "
-              f"{Path(sys.executable).with_name('dagster')} dev -m backup_pipeline.definitions")
+        print(f"  {ui_command(env_file, project)}")
         if keep_server:
             print(f"\nThe sample PostgreSQL keeps running on 127.0.0.1:{cluster.port}; stop it "
                   f"with: runuser -u postgres -- pg_ctl -D {cluster.data_dir} stop  "
