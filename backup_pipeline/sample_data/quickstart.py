@@ -105,10 +105,11 @@ def project_folder() -> Path | None:
 def ui_command(env_file: Path, project: Path | None) -> str:
     """The shell line that opens the UI on the demo's instance, without a warning: from the
     project folder, which holds no dagster.yaml of its own (the stack's is in deploy/)."""
-    env = f"set -a; . {env_file}; set +a"
+    env = f"set -a && . {env_file} && set +a"
     if project:
         return f"cd {project} && {env} && {Path(sys.executable).with_name('dg')} dev"
-    return f"{env}; {Path(sys.executable).with_name('dagster')} dev -m backup_pipeline.definitions"
+    dagster = Path(sys.executable).with_name("dagster")
+    return f"{env} && {dagster} dev -m backup_pipeline.definitions"
 
 
 def run_quickstart(workdir: Path, scale: float, keep_server: bool) -> int:
