@@ -35,8 +35,12 @@ def is_ours(run: dg.DagsterRun, asset_keys: Collection[dg.AssetKey]) -> bool:
     UI made to materialize some of its assets (asset keys are unique across code locations)."""
     if run.tags.get(PROJECT_JOB_TAG) == run.job_name:
         return True
-    return run.job_name.startswith("__ASSET_JOB") and not (run.asset_selection or set()).isdisjoint(
-        asset_keys)
+    if not run.job_name.startswith("__ASSET_JOB"):
+        return False
+    # The UI's "Execute checks" selects checks, not assets: they are the archive's.
+    touched = {*(run.asset_selection or ()),
+               *(check.asset_key for check in run.asset_check_selection or ())}
+    return not touched.isdisjoint(asset_keys)
 
 
 def will_be_retried(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:

@@ -96,8 +96,9 @@ def build_sensors(settings: Settings, asset_keys: Collection[dg.AssetKey]
         size_mb = newest.stat().st_size / layout.MB
         problem = None
         if not settings.min_size_mb <= size_mb <= settings.max_size_mb:
-            problem = (f"the newest archive {newest.name} is "
-                       f"{layout.size_text(newest.stat().st_size)}, outside "
+            size = newest.stat().st_size
+            problem = (f"the newest archive {newest.name} is {layout.size_text(size)} "
+                       f"({size:,} bytes), outside "
                        f"BACKUP_MIN_SIZE_MB={settings.min_size_mb:g} .. "
                        f"BACKUP_MAX_SIZE_MB={settings.max_size_mb:g}")
         steps = [f"Look inside: tar -tzvf {newest}",

@@ -272,11 +272,17 @@ def _initdb(cluster: LocalCluster, account: pwd.struct_passwd | None) -> None:
         # processes in the folder the next run's sweep removes. SIGKILL ends it at once.
         initdb = _spawn_dying_with_us(command, account, signal.SIGKILL, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        out, err = initdb.communicate()
+        try:
+            out, err = initdb.communicate()
+        except BaseException:  # interrupted: initdb must not outlive the folder it writes
+            initdb.kill()
+            initdb.wait()
+            raise
     finally:
         pwfile.unlink()
     if initdb.returncode != 0:
-        raise ClusterError(f"{' '.join(command)} failed: {err.strip() or out}")
+        raise ClusterError(f"{' '.join(command)} failed (exit {initdb.returncode}): "
+                           f"{err.strip() or out}")
 
 
 def _start_daemon(cluster: LocalCluster, settings: dict[str, str],
@@ -292,7 +298,8 @@ def _start_daemon(cluster: LocalCluster, settings: dict[str, str],
 
 @functools.cache
 def _spawner(pid: int) -> ThreadPoolExecutor:
-    """This process's one long-lived thread to fork postmasters from (see `_spawn_postmaster`).
+    """This process's one long-lived thread to fork initdb and postmasters from (see
+    `_spawn_dying_with_us`).
 
     Keyed by pid: a forked child inherits the executor but not its thread.
     """

@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -230,6 +231,14 @@ def test_only_this_projects_failed_runs_alert(mail_env, smtp, instance):
     instance.report_run_failed(ui_run)
     evaluate(ui_run.run_id)
     assert len(smtp.recorder.messages) == 2
+    checks = [key for checks_def in defs.asset_checks for key in checks_def.check_keys]
+    # The UI's "Execute checks" on the archive, as launchRun stores it: checks, no asset.
+    checks_run = instance.add_run(dg.DagsterRun(
+        job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), asset_selection=frozenset(),
+        asset_check_selection=frozenset(checks)))
+    instance.report_run_failed(checks_run)
+    evaluate(checks_run.run_id)
+    assert len(smtp.recorder.messages) == 3
 
 
 def test_a_failed_blocking_check_alerts_once_without_the_daemon_too(mail_env, smtp, instance):
@@ -351,5 +360,7 @@ def test_materializing_the_assets_like_the_ui_also_sends_exactly_one_email(mail_
                             instance=instance)
     assert result.success
     assert result.dagster_run.job_name == "__ephemeral_asset_job__"
+    # Retried by the daemon, a UI run would redo every step, not only the failed one.
+    assert instance.get_run_by_id(result.run_id).tags["dagster/retry_strategy"] == "ALL_STEPS"
     assert len(smtp.recorder.messages) == 1
     assert str(smtp.recorder.messages[0][1]["Subject"]).strip().startswith("Smart AI Hub backup OK")

@@ -27,7 +27,8 @@ def _check_evaluations(instance: dg.DagsterInstance, run_id: str) -> list:
             and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"]
 
 
-@pytest.mark.parametrize("chosen", ["one_table", "the_archive", "the_status"])
+@pytest.mark.parametrize("chosen", ["one_table", "the_archive", "the_status",
+                                    "the_archive_and_the_drill"])
 def test_a_partial_selection_is_refused_before_anything_is_touched(backup_env, instance, chosen):
     assert run_backup(backup_env, instance).success  # a good archive and its status to keep
     folder = Path(backup_env["BACKUP_DIR"])
@@ -36,17 +37,21 @@ def test_a_partial_selection_is_refused_before_anything_is_touched(backup_env, i
     export = next(a for a in defs.assets if dg.AssetKey(["dumps", "users"]) in a.keys)
     selection = {"one_table": set(export.keys),  # what the UI asks to confirm: the whole export
                  "the_archive": {dg.AssetKey("backup_archive")},
-                 "the_status": {dg.AssetKey("backup_status")}}[chosen]
+                 "the_status": {dg.AssetKey("backup_status")},
+                 # the drill has no upstream step in such a run: it is refused too, untouched
+                 "the_archive_and_the_drill": {dg.AssetKey("backup_archive"),
+                                               dg.AssetKey("restore_drill")}}[chosen]
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=instance, asset_selection=list(selection), raise_on_error=False)
 
     assert not result.success
-    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    error = failure.event_specific_data.error
-    assert error.cls_name == "PartialBackupRefused"
-    message = error.message
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failures and {f.event_specific_data.error.cls_name for f in failures} == {
+        "PartialBackupRefused"}
+    assert not [e for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
+    message = failures[0].event_specific_data.error.message
     assert "refused: a backup is made whole or not at all" in message
-    assert f"selected {len(selection)} of the backup's " in message
+    assert f"selected {len(selection - {dg.AssetKey('restore_drill')})} of the backup's " in message
     assert "Nothing was exported, and no archive, check or status file was touched" in message
     assert _files(folder) == before  # no new archive, the status files as they were
     assert len(archives(folder)) == 1

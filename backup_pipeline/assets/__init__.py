@@ -12,7 +12,7 @@ from backup_pipeline.assets.archive import ARCHIVE_KEY, build_backup_archive
 from backup_pipeline.assets.checks import build_archive_checks
 from backup_pipeline.assets.config_snapshot import CONFIG_KEY, build_config_snapshot
 from backup_pipeline.assets.database import build_database_export, export_specs
-from backup_pipeline.assets.restore_drill import restore_drill
+from backup_pipeline.assets.restore_drill import build_restore_drill
 from backup_pipeline.assets.restore_proof import PROOF_KEY, build_restore_proof
 from backup_pipeline.assets.status import STATUS_KEY, build_backup_status
 from backup_pipeline.hooks import build_hooks
@@ -37,7 +37,7 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         build_backup_archive(settings, whole).with_hooks({failure_alert}),
         *proof,
         build_backup_status(settings, whole).with_hooks({success_email, failure_alert}),
-        restore_drill.with_hooks({failure_alert}),
+        build_restore_drill(whole).with_hooks({failure_alert}),
     ]
 
 

@@ -71,7 +71,8 @@ def check_results(report: VerificationReport, min_mb: float, max_mb: float
     yield dg.AssetCheckResult(
         check_name="size_within_bounds", passed=within,
         description=None if within else (
-            f"archive is {report.size_mb:.3f} MB, outside BACKUP_MIN_SIZE_MB={min_mb:g} .. "
+            f"archive is {layout.size_text(report.size_bytes)} ({report.size_bytes:,} bytes), "
+            f"outside BACKUP_MIN_SIZE_MB={min_mb:g} .. "
             f"BACKUP_MAX_SIZE_MB={max_mb:g}: check what changed in the data or the settings"
         ),
         metadata={"size": layout.size_text(report.size_bytes), "bytes": report.size_bytes,

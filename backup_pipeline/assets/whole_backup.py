@@ -20,6 +20,7 @@ from backup_pipeline.alerts import ALERT_TAG
 from backup_pipeline.jobs import BACKUP_GROUPS
 
 REFUSED_ALERT_STATE = "none: a partial backup was refused"
+RETRY_STRATEGY_TAG = "dagster/retry_strategy"
 _SHOWN = 4
 
 
@@ -37,11 +38,17 @@ def refuse_a_partial_backup(context: dg.AssetExecutionContext,
                             whole: frozenset[dg.AssetKey]) -> None:
     """Raise PartialBackupRefused when this run selected some of the backup's assets (`whole`:
     given, for a subset run's own job knows only the assets it selected), not all of them."""
-    selected = context.run.asset_selection
-    if selected is None:  # a whole job: backup_job, or `dagster job execute`
-        return
+    # A job's run (backup_job however launched) records no selection, an in-process run an
+    # empty one: then its job's own assets are what it runs.
+    selected = context.run.asset_selection or context.job_def.asset_layer.selected_asset_keys
     chosen, missing = whole & selected, whole - selected
-    if not chosen or not missing:
+    if not chosen:
+        return  # no backup asset: the drill alone, or the checks alone
+    if not missing:
+        if context.run.tags.get(RETRY_STRATEGY_TAG) != "ALL_STEPS":
+            # A whole backup started from the UI runs the implicit asset job, which the run-retry
+            # daemon would retry from the failed step: a new run without the staged files.
+            context.instance.add_run_tags(context.run.run_id, {RETRY_STRATEGY_TAG: "ALL_STEPS"})
         return
     # Before raising: the failure hook and the failure sensor send nothing for a tagged run,
     # and the run-retry daemon leaves a run alone whose retries are used up.

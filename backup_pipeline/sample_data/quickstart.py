@@ -49,7 +49,7 @@ DEMO_SETTINGS = {
 
 
 # The demo's Dagster instance: SQLite in its DAGSTER_HOME (no database of its own to set up),
-# the deployment's queue, dead-run monitoring and retries, and no telemetry.
+# the deployment's queue and dead-run monitoring, and no telemetry.
 DEMO_INSTANCE = """\
 run_coordinator:
   module: dagster.core.run_coordinator
