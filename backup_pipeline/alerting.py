@@ -32,7 +32,8 @@ def run_url(settings: Settings, run_id: str) -> str:
 
 def is_ours(run: dg.DagsterRun, asset_keys: Collection[dg.AssetKey]) -> bool:
     """Whether `run` is one this project alerts for: a run of its jobs (their tag), or a run the
-    UI made to materialize some of its assets (asset keys are unique across code locations)."""
+    UI made of some of its assets or their checks (by asset key: Dagster warns when two code
+    locations define the same one, and then both would count)."""
     if run.tags.get(PROJECT_JOB_TAG) == run.job_name:
         return True
     if not run.job_name.startswith("__ASSET_JOB"):
