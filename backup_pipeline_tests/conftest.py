@@ -50,6 +50,23 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 _WORKER_TMP = pytest.StashKey[Path]()
 
+# Whole runs of real processes (a stack of code server, webserver and daemon, killed runs,
+# the quickstart, the benchmark, other people's schemas, the runbook's procedures), and every
+# test that runs a backup of its own (it takes `backup_env`): `pytest -m "not slow"` leaves them
+# out for a quick loop while editing (units, and the tests that read the session's archive);
+# CI runs everything.
+SLOW_MODULES = {"test_adversarial", "test_benchmark", "test_corpus", "test_deployment",
+                "test_quickstart", "test_restore_proof", "test_schema_edges", "test_runbook",
+                "test_health", "test_whole_backup", "test_failures", "test_throwaway_pg",
+                "test_storage", "test_run_monitoring"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in SLOW_MODULES or "backup_env" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
 
 @dataclass
 class Server:
