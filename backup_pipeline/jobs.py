@@ -9,6 +9,8 @@ BACKUP_GROUPS = ("database", "config", "archive")
 # execute`): the failure sensor watches every code location (`dagster job execute` runs belong
 # to none) and alerts only for runs that carry it. Another project's job of the same name does not.
 PROJECT_JOB_TAG = "backup_pipeline/job"
+# Dagster's run-retry daemon reads it: ALL_STEPS redoes the whole run, not only the failed step.
+RETRY_STRATEGY_TAG = "dagster/retry_strategy"
 
 # One process for the whole run: the staging folder is a run-scoped resource that is removed when
 # the run ends, and the steps hand each other files, not pickled values.
@@ -18,7 +20,7 @@ backup_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
     # A retried run (dagster.yaml run_retries) must redo every step: each run stages its files
     # in its own folder, so re-running only the failed step would find nothing to pack.
-    tags={"dagster/retry_strategy": "ALL_STEPS", PROJECT_JOB_TAG: "backup_job"},
+    tags={RETRY_STRATEGY_TAG: "ALL_STEPS", PROJECT_JOB_TAG: "backup_job"},
     description="Dump the critical tables and the transaction window from one snapshot, copy "
                 "the configuration, pack and verify the archive, update the status files and "
                 "apply retention.",
@@ -29,7 +31,7 @@ restore_drill_job = dg.define_asset_job(
     name="restore_drill_job",
     selection=dg.AssetSelection.assets("restore_drill"),
     executor_def=dg.in_process_executor,
-    tags={"dagster/retry_strategy": "ALL_STEPS", PROJECT_JOB_TAG: "restore_drill_job"},
+    tags={RETRY_STRATEGY_TAG: "ALL_STEPS", PROJECT_JOB_TAG: "restore_drill_job"},
     description="Restore the newest archive into the scratch database BACKUP_DRILL_DSN, "
                 "compare with its manifest and record the recovery time.",
 )

@@ -52,11 +52,6 @@ MANIFEST_FORMAT = 2
 GZIP_LEVEL = 3
 MB = 1024 * 1024
 
-
-def size_text(size_bytes: int) -> str:
-    """An archive's size as every output shows it (email, UI, status, quickstart): one unit
-    (MB = 2**20 bytes), one rounding."""
-    return f"{size_bytes / MB:.2f} MB"
 # The largest manifest.json and BACKUP_INFO.txt verification accepts. It parses the manifest in
 # memory, and 2 MB of gzip can hold 2 GB of whitespace: a larger manifest is refused unread.
 # Measured on the sample: about 600 bytes per table and its file, plus 42 per 30-character column,
@@ -104,3 +99,9 @@ def dump_path(table: str) -> str:
 
 def csv_path(table: str) -> str:
     return f"{DATABASE_DIR}/{table_file_stem(table)}.csv"
+
+
+def size_text(size_bytes: int) -> str:
+    """An archive's size as every output shows it (email, UI, status, quickstart): one unit
+    (MB = 2**20 bytes), one rounding."""
+    return f"{size_bytes / MB:.2f} MB"

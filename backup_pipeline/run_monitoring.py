@@ -29,7 +29,6 @@ HEARTBEAT_KEY_PREFIX = "backup_pipeline/heartbeat/"
 DEFAULT_TIMEOUT_SECONDS = 180
 # Several beats fit in one timeout, so a slow database write or a busy moment is not death.
 BEATS_PER_TIMEOUT = 6
-# The words every dead-run message carries: alerts.failure_kind recognises a dead run by them.
 
 
 def _key(run_id: str) -> str:

@@ -93,10 +93,9 @@ def build_sensors(settings: Settings, asset_keys: Collection[dg.AssetKey]
         if not found:
             return dg.SkipReason("no archive yet (backup_age_sensor reports that)")
         newest = found[0][1]
-        size_mb = newest.stat().st_size / layout.MB
+        size = newest.stat().st_size
         problem = None
-        if not settings.min_size_mb <= size_mb <= settings.max_size_mb:
-            size = newest.stat().st_size
+        if not settings.min_size_mb <= size / layout.MB <= settings.max_size_mb:
             problem = (f"the newest archive {newest.name} is {layout.size_text(size)} "
                        f"({size:,} bytes), outside "
                        f"BACKUP_MIN_SIZE_MB={settings.min_size_mb:g} .. "
@@ -107,7 +106,7 @@ def build_sensors(settings: Settings, asset_keys: Collection[dg.AssetKey]
                  "BACKUP_MAX_SIZE_MB."]
         return _incident(context, mailer, problem, f"size:{newest.name}",
                          f"{settings.app_name} backup has an abnormal size", steps,
-                         f"newest archive {newest.name} is {size_mb:.2f} MB")
+                         f"newest archive {newest.name} is {layout.size_text(size)}")
 
     # Why: hooks only see failing steps. A failed blocking check, or a run that dies before
     # its first step, reaches no hook; this alerts for those, once, and skips runs whose hook

@@ -187,7 +187,7 @@ def backup_env(tmp_path: Path, server: Server, source_db: str, proof_db: str,
 
 
 def sample_env(server: Server, dbname: str, proof_db: str, folder: Path,
-                monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+               monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     env = {
         **server.env(dbname),
         "BACKUP_DIR": str(folder / "backups"),
@@ -282,7 +282,7 @@ def archive(server: Server, sample_template: str, tmp_path_factory: pytest.TempP
     try:
         with pytest.MonkeyPatch.context() as monkeypatch, dg.instance_for_test() as instance:
             env = sample_env(server, source, proof, tmp_path_factory.mktemp("archive"),
-                              monkeypatch)
+                             monkeypatch)
             assert run_backup(env, instance).success
             [made] = archives(env["BACKUP_DIR"])
         yield made

@@ -77,10 +77,13 @@ def test_every_variable_passed_is_read_and_every_setting_is_documented():
 
 def _settings_defaults() -> dict[str, str]:
     """Each setting's default as settings.py writes it: `_number(env, "X", 60, ...)`,
-    `_text(env, "X", "default")`."""
+    `_text(env, "X", "default")` or `_text(env, "X", A_CONSTANT)` of that module."""
     source = Path(settings_module.__file__).read_text()
     found = dict(re.findall(r'_number\(\s*env,\s*"([A-Z][A-Z0-9_]+)",\s*([0-9.]+)', source))
     found |= dict(re.findall(r'_text\(\s*env,\s*"([A-Z][A-Z0-9_]+)",\s*"([^"]*)"\)', source))
+    for name, constant in re.findall(r'_text\(\s*env,\s*"([A-Z][A-Z0-9_]+)",\s*([A-Z][A-Z0-9_]+)\)',
+                                     source):
+        found[name] = str(getattr(settings_module, constant))
     return found
 
 

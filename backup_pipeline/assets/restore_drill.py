@@ -88,4 +88,3 @@ def build_restore_drill(whole: frozenset[dg.AssetKey]) -> dg.AssetsDefinition:
         })
 
     return restore_drill
-

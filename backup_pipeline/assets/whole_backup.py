@@ -17,10 +17,9 @@ from __future__ import annotations
 import dagster as dg
 
 from backup_pipeline.alerts import ALERT_TAG
-from backup_pipeline.jobs import BACKUP_GROUPS
+from backup_pipeline.jobs import BACKUP_GROUPS, RETRY_STRATEGY_TAG
 
 REFUSED_ALERT_STATE = "none: a partial backup was refused"
-RETRY_STRATEGY_TAG = "dagster/retry_strategy"
 _SHOWN = 4
 
 
