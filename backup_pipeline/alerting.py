@@ -17,7 +17,6 @@ from backup_pipeline.alerts import (
     ALERT_ATTEMPTS_TAG,
     ALERT_SENDING_SINCE_TAG,
     ALERT_TAG,
-    failure_kind,
     troubleshooting,
 )
 from backup_pipeline.emails.render import FailureInfo, failure_email
@@ -32,16 +31,13 @@ def run_url(settings: Settings, run_id: str) -> str:
 
 def is_ours(run: dg.DagsterRun, asset_keys: Collection[dg.AssetKey]) -> bool:
     """Whether `run` is one this project alerts for: a run of its jobs (their tag), or a run the
-    UI made of some of its assets or their checks (by asset key: Dagster warns when two code
-    locations define the same one, and then both would count)."""
+    UI made of its assets (by asset key: Dagster warns when two code locations define the same
+    one, and then both would count)."""
     if run.tags.get(PROJECT_JOB_TAG) == run.job_name:
         return True
     if not run.job_name.startswith("__ASSET_JOB"):
         return False
-    # The UI's "Execute checks" selects checks, not assets: they are the archive's.
-    touched = {*(run.asset_selection or ()),
-               *(check.asset_key for check in run.asset_check_selection or ())}
-    return not touched.isdisjoint(asset_keys)
+    return not set(run.asset_selection or ()).isdisjoint(asset_keys)
 
 
 def will_be_retried(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
@@ -80,7 +76,8 @@ def undelivered_alerts(instance: dg.DagsterInstance, since: float) -> list[str]:
 
 
 def send_failure_alert(instance: dg.DagsterInstance, mailer: Mailer, settings: Settings,
-                       run_id: str, step: str, error: str, resend: bool = False) -> bool:
+                       run_id: str, step: str, error: str, kind: str,
+                       resend: bool = False) -> bool:
     """Send the run's one alert, unless it went out already; returns whether it was sent now.
 
     A dead run alerts even when it will be retried: a killed process is worth knowing about
@@ -90,7 +87,6 @@ def send_failure_alert(instance: dg.DagsterInstance, mailer: Mailer, settings: S
     run = instance.get_run_by_id(run_id)
     if run is None:
         return False
-    kind = failure_kind(error)
     retried = will_be_retried(instance, run)
     if not resend and (run.tags.get(ALERT_TAG) or (retried and kind != "dead_run")):
         return False

@@ -6,6 +6,8 @@ alert for the same kind of problem gives the same advice.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from backup_pipeline.settings import Settings
 
 # How an administrator runs the backup by hand (`dagster job execute -m
@@ -23,21 +25,29 @@ ALERT_SENDING_SINCE_TAG = "backup_pipeline/alert_sending_since"
 EMAIL_TAG = "backup_pipeline/email"
 
 
-def failure_kind(error_text: str) -> str:
-    text = error_text.lower()
-    if DEAD_RUN_PHRASE in text:
+class KindOfFailure:
+    """Mixed into the exceptions that decide an alert's advice: `kind` is a key of
+    `troubleshooting`. The failure hook reads it from the exception; a sensor, which has only the
+    failed run's events, finds it by the exception's class name (`failure_kind`)."""
+
+    kind: ClassVar[str] = "backup"
+
+
+def _kinds_by_class_name() -> dict[str, str]:
+    found, pending = {}, list(KindOfFailure.__subclasses__())
+    while pending:
+        kind = pending.pop()
+        found[kind.__name__] = kind.kind
+        pending.extend(kind.__subclasses__())
+    return found
+
+
+def failure_kind(error_class: str, message: str = "") -> str:
+    """The kind of a failure from its exception's class name, or a dead run (run monitoring
+    fails it with DEAD_RUN_PHRASE, and no exception)."""
+    if DEAD_RUN_PHRASE in message:
         return "dead_run"
-    if "restoreprooferror" in text:
-        return "proof"
-    if "databaseconnectionerror" in text or "could not connect to postgresql" in text:
-        return "database"
-    if "diskspaceerror" in text or "no space left" in text or "not enough free disk" in text:
-        return "disk"
-    if "verification" in text or ("check" in text and "failed" in text):
-        return "verification"
-    if "smtp" in text or "email" in text:
-        return "email"
-    return "backup"
+    return _kinds_by_class_name().get(error_class, "backup")
 
 
 def troubleshooting(kind: str, settings: Settings, retried: bool = False) -> list[str]:
@@ -91,11 +101,6 @@ def troubleshooting(kind: str, settings: Settings, retried: bool = False) -> lis
             "This run is NOT tried again (it was started outside the daemon, e.g. with `dagster "
             f"job execute` or `dg launch`): once the cause is found, run the backup again: "
             f"{RERUN}",
-        ],
-        "email": [
-            "Check SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASS, SMTP_SECURITY and ADMIN_EMAILS.",
-            f"Read the mail log: tail -50 {settings.mail_log}",
-            "The backup itself may be fine: backup-pipeline status",
         ],
         "backup": [
             "Open the run in the Dagster UI (link above) and read the failed step's log.",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from backup_pipeline.assets import build_asset_checks, build_assets
+from backup_pipeline.assets import build_assets
 from backup_pipeline.jobs import backup_job, restore_drill_job
 from backup_pipeline.resources import build_resources
 from backup_pipeline.schedules import (
@@ -24,7 +24,6 @@ def build_defs(settings: Settings) -> dg.Definitions:
     assets = build_assets(settings)
     return dg.Definitions(
         assets=assets,
-        asset_checks=build_asset_checks(settings),
         jobs=[backup_job, restore_drill_job],
         schedules=[
             build_nightly_backup_schedule(settings, backup_job),

@@ -115,7 +115,8 @@ def _run_info(instance, record) -> RunInfo:
             info.heartbeat_age_seconds = round(quiet.seconds, 1)
             info.dead = quiet.dead
     elif run.status.value == "FAILURE":
-        step, error = describe_failure(instance, run.run_id)
+        failure = describe_failure(instance, run.run_id)
+        step, error = failure.step, failure.error
         lines = [line for line in error.strip().splitlines() if line.strip()]
         info.failure = f"at {step}: {lines[0] if lines else 'no message'}"
     return info

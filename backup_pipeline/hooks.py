@@ -1,10 +1,11 @@
 """The success email and the failure alert, as Dagster hooks on the backup's assets.
 
-Attached to the assets themselves (not to a job), so they fire however the assets run: the
-schedule, `dagster job execute`, or the UI's Materialize button. The success email hangs on
-`backup_status`, the last step of a good backup, so it fires once per run. The failure alert hangs
-on every backup asset; a run tag makes sure a run alerts once, and the run-failure sensor covers
-failures no hook sees (a failed blocking check, a run that dies before its steps).
+Attached to the backup's steps (not to a job), so they fire however the assets run: the
+schedule, `dg launch`, `dagster job execute`, or the UI's Materialize button. The success email
+hangs on `backup_status`, the last step of a good backup, so it fires once per run, and is told
+the archive by that step's output. The failure alert hangs on every step (a failed check fails
+its step too); a run tag makes sure a run alerts once, and the run-failure sensor covers
+failures no hook sees (a run that dies, or fails before its steps).
 
 A hook that raises does not fail the run, so an email that could not be sent after every retry is
 made visible otherwise: an error in the run's log, a run tag, .last_email.json (which
@@ -14,43 +15,31 @@ made visible otherwise: an error in the run's log, a run tag, .last_email.json (
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import dagster as dg
 
 from backup_pipeline.alerting import run_url, send_failure_alert
 from backup_pipeline.alerts import EMAIL_TAG
-from backup_pipeline.assets.archive import archive_materialization
-from backup_pipeline.assets.restore_proof import PROOF_KEY
+from backup_pipeline.assets.restore_proof import ProvenArchive
+from backup_pipeline.assets.status import STATUS_OUTPUT
 from backup_pipeline.emails.render import success_email, summary_from_manifest
 from backup_pipeline.resources.mailer import Mailer
 from backup_pipeline.settings import Settings
-from backup_pipeline.verify import read_manifest
 
 
 def build_hooks(settings: Settings) -> tuple[dg.HookDefinition, dg.HookDefinition]:
     @dg.success_hook(name="backup_success_email", required_resource_keys={"mailer", "links"})
     def backup_success_email(context: dg.HookContext) -> None:
         mailer: Mailer = context.resources.mailer
-        materialization = archive_materialization(context.instance, context.run_id)
-        if materialization is None:
-            context.log.error("no archive in this run: no success email")
-            return
-        metadata = materialization.metadata
-        archive = Path(metadata["path"].value)
+        recorded: ProvenArchive = context.op_output_values[STATUS_OUTPUT]
+        archive = recorded.archive
         record = context.instance.get_run_record_by_id(context.run_id)
         started = record.start_time if record and record.start_time else None
-        manifest = read_manifest(archive)
-        if manifest is None:
-            raise RuntimeError(f"{archive} has no readable manifest.json: no success email "
-                               f"(backup-pipeline verify {archive} says why)")
         summary = summary_from_manifest(
-            manifest, archive, metadata["bytes"].value,
-            metadata["sha256"].value, time.time() - started if started else None,
-            run_url(settings, context.run_id))
-        proven = archive_materialization(context.instance, context.run_id, PROOF_KEY)
-        if proven is not None:
-            summary.proof = proven.metadata["result"].value
+            archive.manifest, archive.path, archive.size, archive.sha256,
+            time.time() - started if started else None, run_url(settings, context.run_id))
+        if recorded.summary is not None:
+            summary.proof = recorded.summary
         message = success_email(mailer, summary, settings.email_max_mb,
                                 context.resources.links.link_for(archive.name))
         result = mailer.send(message, kind="success")
@@ -73,7 +62,8 @@ def build_hooks(settings: Settings) -> tuple[dg.HookDefinition, dg.HookDefinitio
         error = context.op_exception
         text = f"{type(error).__name__}: {error}" if error else "the step failed"
         sent = send_failure_alert(context.instance, context.resources.mailer, settings,
-                                  context.run_id, context.step_key or context.op.name, text)
+                                  context.run_id, context.op.name, text,
+                                  getattr(error, "kind", "backup"))
         if sent:
             context.log.info("failure alert sent")
 

@@ -12,8 +12,17 @@ PROJECT_JOB_TAG = "backup_pipeline/job"
 # Dagster's run-retry daemon reads it: ALL_STEPS redoes the whole run, not only the failed step.
 RETRY_STRATEGY_TAG = "dagster/retry_strategy"
 
+
+def retry_the_whole_run(context: dg.OpExecutionContext) -> None:
+    """Tag a backup run started from the UI (the implicit asset job, which carries no job tags)
+    so that the run-retry daemon redoes all of it: retried from the failed step, the new run
+    would have none of the values and files the earlier steps made. Called by its first steps."""
+    if context.run.tags.get(RETRY_STRATEGY_TAG) != "ALL_STEPS":
+        context.instance.add_run_tags(context.run.run_id, {RETRY_STRATEGY_TAG: "ALL_STEPS"})
+
+
 # One process for the whole run: the staging folder is a run-scoped resource that is removed when
-# the run ends, and the steps hand each other files, not pickled values.
+# the run ends, and the steps hand each other values in memory (assets/values.py).
 backup_job = dg.define_asset_job(
     name="backup_job",
     selection=dg.AssetSelection.groups(*BACKUP_GROUPS),

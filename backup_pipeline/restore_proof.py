@@ -24,6 +24,7 @@ from pathlib import Path
 import psycopg
 
 from backup_pipeline import layout
+from backup_pipeline.alerts import KindOfFailure
 from backup_pipeline.restore import (
     RestoreError,
     RestoreReport,
@@ -50,8 +51,10 @@ PROOF_SERVER_SETTINGS = {
 Progress = Callable[[str], None]
 
 
-class RestoreProofError(RuntimeError):
+class RestoreProofError(KindOfFailure, RuntimeError):
     """The archive did not restore, or did not restore to what it holds."""
+
+    kind = "proof"
 
 
 @dataclass(frozen=True)

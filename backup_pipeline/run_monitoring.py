@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import dagster as dg
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
@@ -82,15 +83,31 @@ def silence(instance: dg.DagsterInstance, run_id: str, now: float | None = None
     return Silence(beat, max(0.0, now - beat), heartbeat_timeout(instance))
 
 
-def describe_failure(instance: dg.DagsterInstance, run_id: str) -> tuple[str, str]:
-    """Where the run failed and why, from its events: the first failed step and its error, or
-    for a run that failed outside any step (a dead process, a failed blocking check, a crash
-    before the first step) the step it was in, if any, and the run's failure message."""
+def step_name(step_key: str) -> str:
+    """A step as the alerts and `status` name it: its op (`database_export`), without the
+    graph it belongs to (the run's timeline shows `backup.database_export`)."""
+    return step_key.rsplit(".", 1)[-1]
+
+
+class RunFailure(NamedTuple):
+    """Where a run failed and why, as its events tell it."""
+
+    step: str
+    error: str
+    error_class: str = ""  # the exception's class, when a step raised one
+
+
+def describe_failure(instance: dg.DagsterInstance, run_id: str) -> RunFailure:
+    """The first failed step and its error, or for a run that failed outside any step (a dead
+    process, a crash before the first step) the step it was in, if any, and the run's failure
+    message."""
     failures = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
     if failures:
         event = failures[0].dagster_event
         error = event.event_specific_data.error
-        return event.step_key or "run", error.to_string() if error else "the step failed"
+        return RunFailure(step_name(event.step_key) if event.step_key else "run",
+                          error.to_string() if error else "the step failed",
+                          error.cls_name or "" if error else "")
     run_failed = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
     message = (run_failed[-1].message if run_failed else "") or "run failed"
     running: list[str] = []
@@ -100,8 +117,10 @@ def describe_failure(instance: dg.DagsterInstance, run_id: str) -> tuple[str, st
             running.append(event.step_key)
         elif event.step_key in running:
             running.remove(event.step_key)
-    step = running[-1] if running else "the run (before any step)"
-    return step, message
+    step = step_name(running[-1]) if running else "the run (before any step)"
+    error = run_failed[-1].dagster_event.event_specific_data if run_failed else None
+    cause = getattr(error, "error", None)
+    return RunFailure(step, message, cause.cls_name if cause else "")
 
 
 class Heartbeat:

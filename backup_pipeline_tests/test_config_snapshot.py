@@ -16,6 +16,7 @@ import dagster as dg
 import pytest
 
 from backup_pipeline.assets.config_snapshot import build_config_snapshot, snapshot_config
+from backup_pipeline.assets.values import VALUES_IO_MANAGER
 from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.settings import DEFAULT_CONFIG_FILES, load_settings
 from backup_pipeline_tests.conftest import write_config_dir
@@ -168,13 +169,25 @@ def test_dangling_links_and_link_loops_are_named(config_dir, tmp_path):
 
 def _materialize(config_dir: Path, tmp_path: Path, instance: dg.DagsterInstance,
                  backup_dir: Path | None = None) -> dg.ExecuteInProcessResult:
-    """The config_snapshot asset alone, as the pipeline builds it from the settings."""
+    """The config_snapshot step alone, as the pipeline builds it from the settings."""
     settings = load_settings({"BACKUP_DIR": str(backup_dir or tmp_path / "backups"),
                               "BACKUP_CONFIG_DIR": str(config_dir),
                               "ADMIN_EMAILS": "admin@example.com"})
-    return dg.materialize([build_config_snapshot(settings, whole=frozenset())], instance=instance,
-                          resources={"storage": BackupStorage(backup_dir=str(settings.backup_dir))},
-                          raise_on_error=False)
+    snapshot = build_config_snapshot(settings)
+
+    @dg.job(resource_defs={"storage": BackupStorage(backup_dir=str(settings.backup_dir)),
+                           VALUES_IO_MANAGER: dg.mem_io_manager})
+    def config_snapshot_alone():
+        snapshot()
+
+    return config_snapshot_alone.execute_in_process(instance=instance, raise_on_error=False)
+
+
+def _asset_metadata(result: dg.ExecuteInProcessResult) -> dict:
+    """What the step puts on the config_snapshot asset's materialization."""
+    [output] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"
+                and e.event_specific_data.step_output_handle.output_name == "config_snapshot"]
+    return output.event_specific_data.metadata
 
 
 def test_the_asset_names_what_it_skipped_in_its_metadata_and_the_run_log(
@@ -182,8 +195,7 @@ def test_the_asset_names_what_it_skipped_in_its_metadata_and_the_run_log(
     os.mkfifo(config_dir / "ssl" / "pipe")
     result = _materialize(config_dir, tmp_path, instance)
     assert result.success
-    [event] = result.get_asset_materialization_events()
-    metadata = event.step_materialization_data.materialization.metadata
+    metadata = _asset_metadata(result)
     assert metadata["skipped"].value == [
         {"path": "ssl/pipe", "reason": "a named pipe (FIFO): never opened"}]
     assert metadata["skipped_count"].value == 1
@@ -198,8 +210,7 @@ def test_the_asset_refuses_a_link_out_of_the_config_dir_and_goes_on(config_dir, 
     (config_dir / "ssl" / "evil.pem").symlink_to("/etc/shadow")
     result = _materialize(config_dir, tmp_path, instance)
     assert result.success
-    [event] = result.get_asset_materialization_events()
-    metadata = event.step_materialization_data.materialization.metadata
+    metadata = _asset_metadata(result)
     [refused] = metadata["skipped"].value
     assert refused["path"] == "ssl/evil.pem" and "refused" in refused["reason"]
     warnings = [e.user_message for e in instance.all_logs(result.run_id)

@@ -9,13 +9,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from backup_pipeline import layout
+from backup_pipeline.assets import whole_backup_keys
 from backup_pipeline.definitions import build_defs
 from backup_pipeline.downloads import make_server, signed_link
 from backup_pipeline.sample_data.cluster import free_port
@@ -57,10 +57,6 @@ def _bodies(message) -> tuple[str, str]:
 
 def _attachments(message) -> list:
     return list(message.iter_attachments())
-
-
-def _fail_step_text(result) -> str:
-    return next(e.step_key for e in result.all_events if e.is_step_failure)
 
 
 def test_one_success_email_with_the_archive_attached(mail_env, smtp, instance):
@@ -227,23 +223,16 @@ def test_only_this_projects_failed_runs_alert(mail_env, smtp, instance):
     assert message["Subject"].startswith("URGENT: Smart AI Hub backup_job FAILED")
     ui_run = instance.create_run_for_job(
         job_def=defs.resolve_implicit_global_asset_job_def(),
-        asset_selection=frozenset({dg.AssetKey("backup_archive")}))
+        asset_selection=whole_backup_keys(load_settings(mail_env)))
     instance.report_run_failed(ui_run)
     evaluate(ui_run.run_id)
     assert len(smtp.recorder.messages) == 2
-    checks = [key for checks_def in defs.asset_checks for key in checks_def.check_keys]
-    # The UI's "Execute checks" on the archive, as launchRun stores it: checks, no asset.
-    checks_run = instance.add_run(dg.DagsterRun(
-        job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), asset_selection=frozenset(),
-        asset_check_selection=frozenset(checks)))
-    instance.report_run_failed(checks_run)
-    evaluate(checks_run.run_id)
-    assert len(smtp.recorder.messages) == 3
 
 
 def test_a_failed_blocking_check_alerts_once_without_the_daemon_too(mail_env, smtp, instance):
-    """No hook sees a failed check: the check sends the alert itself (no daemon needed), and the
-    run-failure sensor, evaluated afterwards, does not send a second one."""
+    """A failed check fails its step: the failure hook sends the alert (no daemon needed), with
+    the verification advice, and the run-failure sensor, evaluated afterwards, does not send a
+    second one."""
     env = {**mail_env, "BACKUP_MAX_SIZE_MB": "0.001"}
     result = run_backup(env, instance)
     assert not result.success
@@ -256,6 +245,7 @@ def test_a_failed_blocking_check_alerts_once_without_the_daemon_too(mail_env, sm
     text = message.get_body(("plain",)).get_content()
     assert "blocking check failed: size_within_bounds (archive is" in text
     assert "outside BACKUP_MIN_SIZE_MB=0 .. BACKUP_MAX_SIZE_MB=0.001" in text
+    assert "Verify the newest archive: backup-pipeline verify" in text  # kind: verification
 
 
 def test_retries_until_the_server_accepts(mail_env, smtp, instance):
@@ -356,8 +346,7 @@ def test_materializing_the_assets_like_the_ui_also_sends_exactly_one_email(mail_
     defs = build_defs(load_settings(mail_env))
     backup_assets = [a for a in defs.assets
                      if dg.AssetKey("restore_drill") not in a.keys]
-    result = dg.materialize([*backup_assets, *defs.asset_checks], resources=defs.resources,
-                            instance=instance)
+    result = dg.materialize(backup_assets, resources=defs.resources, instance=instance)
     assert result.success
     assert result.dagster_run.job_name == "__ephemeral_asset_job__"
     # Retried by the daemon, a UI run would redo every step, not only the failed one.

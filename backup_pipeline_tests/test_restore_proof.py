@@ -38,7 +38,7 @@ def test_an_archive_that_does_not_restore_fails_its_run(throwaway_proof, instanc
     result = run_backup(backup_env, instance)
     assert not result.success
     [failure] = [e for e in result.all_events if e.is_step_failure]
-    assert failure.step_key == "restore_proof"
+    assert failure.step_key == "backup.restore_proof"
     error = failure.event_specific_data.error.to_string()
     assert "did not restore" in error and "violates foreign key constraint" in error
     # The archive is kept under its name, but nothing calls it good.
@@ -85,7 +85,7 @@ def test_without_the_proof_nothing_pretends(backup_env, instance, monkeypatch):
     env = {**backup_env, "BACKUP_RESTORE_PROOF": "off"}
     result = run_backup(env, instance)
     assert result.success
-    assert "restore_proof" not in {e.step_key for e in result.all_events if e.step_key}
+    assert "backup.restore_proof" not in {e.step_key for e in result.all_events if e.step_key}
     record = json.loads((Path(env["BACKUP_DIR"]) / layout.LAST_BACKUP_FILE).read_text())
     assert record["restore_proof"] is None
     [email] = outbox_messages(env)

@@ -193,7 +193,7 @@ def test_large_objects_fail_the_export_before_it_writes(case, server, instance, 
                          POSTGRES_PASSWORD="reader_pw")
         result = run_backup(env, instance)
         failures = [e for e in result.all_events if e.is_step_failure]
-        assert [e.step_key for e in failures] == ["database_export"]
+        assert [e.step_key for e in failures] == ["backup.database_export"]
         [failure] = failures
         cause = failure.event_specific_data.error.cause
         assert cause.cls_name == "ExportPlanError", cause.to_string()

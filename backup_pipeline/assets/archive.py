@@ -17,6 +17,7 @@ import os
 import platform
 import tarfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -27,18 +28,17 @@ import psycopg
 from isal import isal_zlib
 
 from backup_pipeline import layout
-from backup_pipeline.assets.config_snapshot import CONFIG_KEY, CONFIG_RECORD
-from backup_pipeline.assets.database import EXPORT_RECORD, export_specs
-from backup_pipeline.assets.whole_backup import refuse_a_partial_backup
+from backup_pipeline.alerts import KindOfFailure
+from backup_pipeline.assets.values import VALUES_IO_MANAGER, output_name
 from backup_pipeline.files import open_private, write_private_text
 from backup_pipeline.pg import HashingWriter
 from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.restore_script import count_query, restore_script
 from backup_pipeline.settings import Settings
-from backup_pipeline.verify import verify_archive
+from backup_pipeline.verify import VerificationReport, verify_archive
 
 ARCHIVE_KEY = dg.AssetKey("backup_archive")
-VERIFICATION_RECORD = "verification.json"
+ARCHIVE_OUTPUT = output_name(ARCHIVE_KEY)
 # Large blocks through the compressor and into the file.
 STREAM_BLOCK = 1 << 20
 
@@ -162,6 +162,12 @@ def write_archive(target: Path, staging: Path, manifest: dict, mtime: float,
     return sink.sha256
 
 
+class ArchiveVerificationError(KindOfFailure, RuntimeError):
+    """The archive just written does not verify: it was discarded before it got its name."""
+
+    kind = "verification"
+
+
 def build_manifest(export: dict, config: dict, created_at: datetime, name: str,
                    staging: Path, app_name: str) -> dict:
     """Write BACKUP_INFO.txt and the restore script into staging; return the manifest."""
@@ -212,93 +218,104 @@ def _schema_first(files: list[dict]) -> list[dict]:
     return sorted(files, key=lambda f: not PurePosixPath(f["path"]).name.startswith("_"))
 
 
-def archive_materialization(instance: dg.DagsterInstance, run_id: str | None,
-                            key: dg.AssetKey = ARCHIVE_KEY) -> dg.AssetMaterialization | None:
-    """This run's materialization of `key` (the archive, or its restore proof), if any."""
-    if run_id:
-        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
-            event = entry.dagster_event
-            if event and event.asset_key == key:
-                return event.step_materialization_data.materialization
-    return None
+ARCHIVE_SPEC = dg.AssetSpec(
+    ARCHIVE_KEY,
+    group_name="archive",
+    kinds={"file"},
+    description="critical_backup_YYYYMMDD_HHMMSS.tar.gz in BACKUP_DIR: BACKUP_INFO.txt, "
+                "manifest.json, database/ and config/, verified before it gets its name.",
+)
 
 
-def _read_record(staging: Path, name: str) -> dict:
-    path = staging / name
-    if not path.is_file():
-        raise RuntimeError(
-            f"{name} is not in this run's staging folder {staging}: the archive can only be built "
-            f"in the same run as database_export and config_snapshot. Run the whole backup_job "
-            f"(dg launch --job backup_job)."
-        )
-    return json.loads(path.read_text())
+@dataclass(frozen=True)
+class BuiltArchive:
+    """The archive this run wrote and verified before it got its name: what its checks, the
+    restore proof, the status files and the success email are about, handed to each of them."""
+
+    path: Path
+    sha256: str
+    size: int
+    manifest: dict
+    report: VerificationReport
+    build_seconds: float
+    verify_seconds: float
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def rows(self) -> int:
+        return sum(t["rows"] for t in self.manifest["tables"])
 
 
-def build_backup_archive(settings: Settings, whole: frozenset[dg.AssetKey]
-                         ) -> dg.AssetsDefinition:
-    """The archive depends on every table's asset, so lineage leads back to each dump."""
-    deps = [spec.key for spec in export_specs(settings)] + [CONFIG_KEY]
+def pack_archive(storage: BackupStorage, export: dict, config: dict, app_name: str,
+                 run_id: str) -> BuiltArchive:
+    """Write, verify and publish the archive of what this run staged. Everything that can fail
+    happens before it gets its name: a file under its final name is complete and verified (a
+    good backup once the status files name it; a later failure, such as the proof, leaves it
+    there, not recorded)."""
+    staging = storage.staging(run_id)
+    created_at = datetime.now(UTC)
+    name = layout.archive_name(created_at, storage.timezone)
+    started = time.monotonic()
+    manifest = build_manifest(export, config, created_at, name, staging, app_name)
+    partial = storage.partial_path(name, run_id)
+    try:
+        sha256 = write_archive(partial, staging, manifest, created_at.timestamp(),
+                               export["staged"])
+        written = time.monotonic()
+        report = verify_archive(partial)
+        if not report.ok:
+            raise ArchiveVerificationError(
+                f"the new archive failed verification and was discarded: {report.summary()}. "
+                f"Earlier archives are untouched."
+            )
+        final = storage.publish(partial, created_at)
+    finally:
+        partial.unlink(missing_ok=True)
+    report.archive = final
+    return BuiltArchive(path=final, sha256=sha256, size=final.stat().st_size,
+                        manifest=manifest, report=report,
+                        build_seconds=round(written - started, 3),
+                        verify_seconds=round(time.monotonic() - written, 3))
 
-    @dg.asset(
-        key=ARCHIVE_KEY,
-        deps=deps,
-        group_name="archive",
-        kinds={"file"},
-        description="critical_backup_YYYYMMDD_HHMMSS.tar.gz in BACKUP_DIR: BACKUP_INFO.txt, "
-                    "manifest.json, database/ and config/, verified before it gets its name.",
+
+def build_backup_archive(settings: Settings) -> dg.OpDefinition:
+    """The step that packs the archive; its asset depends on every table's and the
+    configuration's (the graph's internal dependencies), so lineage leads back to each dump."""
+
+    @dg.op(
+        name="backup_archive",
+        ins={"export": dg.In(dict), "config_record": dg.In(dict)},
+        out={ARCHIVE_OUTPUT: dg.Out(dg.Nothing),
+             "built": dg.Out(BuiltArchive, io_manager_key=VALUES_IO_MANAGER)},
+        description=ARCHIVE_SPEC.description,
     )
-    def backup_archive(context: dg.AssetExecutionContext, storage: BackupStorage
-                       ) -> dg.MaterializeResult:
-        refuse_a_partial_backup(context, whole)
-        staging = storage.staging(context.run.run_id)
-        export = _read_record(staging, EXPORT_RECORD)
-        config = _read_record(staging, CONFIG_RECORD)
-        created_at = datetime.now(UTC)
-        name = layout.archive_name(created_at, storage.timezone)
-        started = time.monotonic()
-        manifest = build_manifest(export, config, created_at, name, staging,
-                                  settings.app_name)
-        partial = storage.partial_path(name, context.run.run_id)
-        try:
-            sha256 = write_archive(partial, staging, manifest, created_at.timestamp(),
-                                   export["staged"])
-            written = time.monotonic()
-            report = verify_archive(partial)
-            if not report.ok:
-                raise RuntimeError(
-                    f"the new archive failed verification and was discarded: {report.summary()}. "
-                    f"Earlier archives are untouched."
-                )
-            # Everything that can fail is done before the archive gets its name: a file under
-            # its final name is complete and verified (a good backup once the status files name
-            # it; a later failure, such as the proof, leaves it there, not recorded).
-            write_private_text(staging / VERIFICATION_RECORD, json.dumps(
-                {"sha256": sha256, "found": report.found,
-                 "files": [vars(check) for check in report.files.values()]}))
-            final = storage.publish(partial, created_at)
-        finally:
-            partial.unlink(missing_ok=True)
-        size = final.stat().st_size
+    def backup_archive(context: dg.OpExecutionContext, storage: BackupStorage, export: dict,
+                       config_record: dict):
+        config = config_record
+        built = pack_archive(storage, export, config, settings.app_name, context.run.run_id)
         context.log.info(
-            f"archive {final} ({size / 1024:.1f} KiB, sha256 {sha256}) written in "
-            f"{written - started:.2f} s and verified in {time.monotonic() - written:.2f} s"
+            f"archive {built.path} ({layout.size_text(built.size)}, sha256 {built.sha256}) "
+            f"written in {built.build_seconds:.2f} s and verified in "
+            f"{built.verify_seconds:.2f} s"
         )
-        return dg.MaterializeResult(
-            metadata={
-                "path": dg.MetadataValue.path(str(final)),
-                "archive_name": final.name,
-                "bytes": size,
-                "size": layout.size_text(size),
-                "sha256": sha256,
-                # As `verify` counts them: the files the manifest lists (manifest.json aside).
-                "files": len(manifest["files"]),
-                "rows": sum(t["rows"] for t in export["tables"]),
-                "cutoff": export["window"]["cutoff"],
-                "config_missing": dg.MetadataValue.json(config["missing"]),
-                "config_not_copied": dg.MetadataValue.json(config.get("skipped", [])),
-                "build_seconds": round(written - started, 3),
-                "verify_seconds": round(time.monotonic() - written, 3),
-            }
-        )
+        yield dg.Output(None, ARCHIVE_OUTPUT, metadata={
+            "path": dg.MetadataValue.path(str(built.path)),
+            "archive_name": built.name,
+            "bytes": built.size,
+            "size": layout.size_text(built.size),
+            "sha256": built.sha256,
+            # As `verify` counts them: the files the manifest lists (manifest.json aside).
+            "files": len(built.manifest["files"]),
+            "rows": built.rows,
+            "cutoff": export["window"]["cutoff"],
+            "config_missing": dg.MetadataValue.json(config["missing"]),
+            "config_not_copied": dg.MetadataValue.json(config.get("skipped", [])),
+            "build_seconds": built.build_seconds,
+            "verify_seconds": built.verify_seconds,
+        })
+        yield dg.Output(built, "built")
 
     return backup_archive

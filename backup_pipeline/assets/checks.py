@@ -1,35 +1,28 @@
-"""Verification of the published archive as blocking asset checks, shown in the Dagster UI.
+"""Verification of the new archive as blocking asset checks, shown in the Dagster UI.
 
-The archive asset verifies every archive completely before it gets its name. These checks make
-sure the file now under that name is byte for byte the one verified (its SHA-256), and report
-that verification, check by check, with the size bounds the seeds' monitoring uses; when the
-file differs, or the checks run on their own, they verify it completely again. They are
-blocking: when one fails, the run fails, so the status files are not moved forward, retention
-does not run, and the failure alert goes out (from the check itself: no hook sees a failed check).
+The archive step verifies every archive completely before it gets its name. These checks, a
+step of the same backup, make sure the file now under that name is byte for byte the one
+verified (its SHA-256; otherwise it is verified completely again), and report that
+verification check by check, with what each one proved and the size bounds the seeds'
+monitoring uses. Their results belong to the archive this run built (its name is in their
+metadata). A failed check fails the step, so the proof and the status do not run, retention
+does not run, and the failure hook sends the one alert of the run, naming the checks.
 """
 
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import dagster as dg
 
 from backup_pipeline import layout
-from backup_pipeline.alerting import send_failure_alert
-from backup_pipeline.assets.archive import (
-    ARCHIVE_KEY,
-    VERIFICATION_RECORD,
-    archive_materialization,
-)
-from backup_pipeline.resources.mailer import Mailer
+from backup_pipeline.alerts import KindOfFailure
+from backup_pipeline.assets.archive import ARCHIVE_KEY, BuiltArchive
+from backup_pipeline.assets.values import VALUES_IO_MANAGER
 from backup_pipeline.resources.storage import BackupStorage
-from backup_pipeline.settings import Settings
 from backup_pipeline.verify import (
     CHECKSUMS,
     INTEGRITY,
     READABILITY,
-    FileCheck,
     VerificationReport,
     file_sha256,
     verify_archive,
@@ -50,22 +43,46 @@ CHECK_SPECS = [
 ]
 
 
+class ArchiveCheckFailed(KindOfFailure, RuntimeError):
+    """A blocking check of the new archive failed: it is not a good backup."""
+
+    kind = "verification"
+
+
 def check_results(report: VerificationReport, min_mb: float, max_mb: float
                   ) -> Iterator[dg.AssetCheckResult]:
+    """The four checks of `report`, each with what it proved: the archive's name, and the
+    bytes, files and rows it read (a passed readability check means each count matched)."""
     integrity = report.problems_of(INTEGRITY)
     checksums = report.problems_of(CHECKSUMS)
     readable = report.problems_of(READABILITY)
+    manifest = report.manifest or {}
+    listed = manifest.get("files", [])
+    matched = [f for f in listed if f["path"] in report.files
+               and report.files[f["path"]].sha256 == f["sha256"]]
+    tables = [t for t in manifest.get("tables", []) if t["path"] in report.files
+              and report.files[t["path"]].problem is None]
+    archive = report.archive.name
     yield dg.AssetCheckResult(
         check_name="gzip_and_tar_integrity", passed=not integrity,
-        metadata={"problems": dg.MetadataValue.json(integrity), "bytes": report.size_bytes},
+        metadata={"archive": archive, "bytes": report.size_bytes,
+                  "size": layout.size_text(report.size_bytes),
+                  # manifest.json and the files it lists, each read to its end
+                  "members_read": len(report.files) + (report.manifest is not None),
+                  "problems": dg.MetadataValue.json(integrity)},
     )
     yield dg.AssetCheckResult(
         check_name="manifest_checksums", passed=not checksums,
-        metadata={"problems": dg.MetadataValue.json(checksums), "files": len(report.files)},
+        metadata={"archive": archive, "files_listed": len(listed),
+                  "files_matched": len(matched),
+                  "bytes_hashed": sum(f["size"] for f in matched),
+                  "problems": dg.MetadataValue.json(checksums)},
     )
     yield dg.AssetCheckResult(
         check_name="dumps_readable", passed=not readable,
-        metadata={"problems": dg.MetadataValue.json(readable)},
+        metadata={"archive": archive, "tables_read": len(tables),
+                  "rows_counted": sum(t["rows"] for t in tables),
+                  "problems": dg.MetadataValue.json(readable)},
     )
     within = min_mb <= report.size_mb <= max_mb
     yield dg.AssetCheckResult(
@@ -75,24 +92,8 @@ def check_results(report: VerificationReport, min_mb: float, max_mb: float
             f"outside BACKUP_MIN_SIZE_MB={min_mb:g} .. "
             f"BACKUP_MAX_SIZE_MB={max_mb:g}: check what changed in the data or the settings"
         ),
-        metadata={"size": layout.size_text(report.size_bytes), "bytes": report.size_bytes,
-                  "min_mb": min_mb, "max_mb": max_mb},
-    )
-
-
-def _recorded_report(storage: BackupStorage, run_id: str, path: Path
-                     ) -> VerificationReport | None:
-    """This run's verification of the archive, if the published file is the one verified."""
-    record_path = storage.staging_root / run_id / VERIFICATION_RECORD
-    if not record_path.is_file():
-        return None
-    record = json.loads(record_path.read_text())
-    if file_sha256(path) != record["sha256"]:
-        return None
-    return VerificationReport(
-        archive=path, size_bytes=path.stat().st_size,
-        files={f["path"]: FileCheck(**f) for f in record["files"]},
-        found=[tuple(item) for item in record["found"]],
+        metadata={"archive": archive, "size": layout.size_text(report.size_bytes),
+                  "bytes": report.size_bytes, "min_mb": min_mb, "max_mb": max_mb},
     )
 
 
@@ -106,29 +107,32 @@ def _failure_text(results: list[dg.AssetCheckResult]) -> str:
     return "blocking check failed: " + ", ".join(parts)
 
 
-def build_archive_checks(settings: Settings) -> dg.AssetChecksDefinition:
-    @dg.multi_asset_check(specs=CHECK_SPECS,
-                          description="One streaming pass verifies the archive.")
-    def archive_checks(context: dg.AssetCheckExecutionContext, storage: BackupStorage,
-                       mailer: Mailer) -> Iterator[dg.AssetCheckResult]:
-        materialization = archive_materialization(context.instance, context.run.run_id)
-        if materialization is None:
-            latest = context.instance.get_latest_materialization_event(ARCHIVE_KEY)
-            materialization = latest.asset_materialization if latest else None
-        path_value = materialization.metadata.get("path") if materialization else None
-        if path_value is None:
-            raise RuntimeError("no backup_archive materialization to verify: run backup_job first")
-        path = Path(path_value.value)
-        report = _recorded_report(storage, context.run.run_id, path) or verify_archive(path)
+def report_of_published(built: BuiltArchive) -> VerificationReport:
+    """The archive step's verification, if the file now under the archive's name is the one it
+    verified; else the file verified again, completely."""
+    if file_sha256(built.path) == built.sha256:
+        return built.report
+    return verify_archive(built.path)
+
+
+def build_archive_checks() -> dg.OpDefinition:
+    @dg.op(
+        name="archive_checks",
+        ins={"built": dg.In(BuiltArchive)},
+        out={**{spec.get_python_identifier(): dg.Out(dg.Nothing) for spec in CHECK_SPECS},
+             "checked": dg.Out(BuiltArchive, io_manager_key=VALUES_IO_MANAGER)},
+        description="One streaming pass verifies the archive.",
+    )
+    def archive_checks(context: dg.OpExecutionContext, storage: BackupStorage,
+                       built: BuiltArchive):
+        report = report_of_published(built)
         for problem in report.problems:
-            context.log.error(f"{path.name}: {problem}")
+            context.log.error(f"{built.name}: {problem}")
         results = list(check_results(report, storage.min_size_mb, storage.max_size_mb))
+        yield from results
         failed = [result for result in results if not result.passed]
         if failed:
-            # A failed check fails the run but reaches no hook: the alert goes from here, so
-            # that it arrives without the daemon too (the run tag keeps it to one).
-            send_failure_alert(context.instance, mailer, settings, context.run.run_id,
-                               "archive_checks", _failure_text(failed))
-        yield from results
+            raise ArchiveCheckFailed(f"{built.name}: {_failure_text(failed)}")
+        yield dg.Output(built, "checked")
 
     return archive_checks

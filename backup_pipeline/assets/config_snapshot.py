@@ -13,7 +13,6 @@ the manifest, BACKUP_INFO.txt and the success email.
 """
 
 import errno
-import json
 import os
 import shutil
 import stat
@@ -23,14 +22,15 @@ from pathlib import Path
 import dagster as dg
 
 from backup_pipeline import layout
-from backup_pipeline.assets.whole_backup import refuse_a_partial_backup
-from backup_pipeline.files import make_private_dirs, open_private, write_private_text
+from backup_pipeline.assets.values import VALUES_IO_MANAGER, output_name
+from backup_pipeline.files import make_private_dirs, open_private
+from backup_pipeline.jobs import retry_the_whole_run
 from backup_pipeline.pg import HashingWriter
 from backup_pipeline.resources.storage import BackupStorage, DiskSpaceError, tree_bytes
 from backup_pipeline.settings import Settings
 
-CONFIG_RECORD = "config.json"
 CONFIG_KEY = dg.AssetKey("config_snapshot")
+CONFIG_OUTPUT = output_name(CONFIG_KEY)
 _SPECIAL_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
                   (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
@@ -177,18 +177,25 @@ def snapshot_config(config_dir: Path, entries: tuple[str, ...], staging: Path) -
             "skipped": plan.skipped}
 
 
-def build_config_snapshot(settings: Settings, whole: frozenset[dg.AssetKey]
-                          ) -> dg.AssetsDefinition:
-    @dg.asset(
-        name="config_snapshot",
+def config_spec(settings: Settings) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        CONFIG_KEY,
         group_name="config",
         kinds={"file"},
         description=f"{', '.join(settings.config_files)} from BACKUP_CONFIG_DIR "
                     f"({settings.config_dir}), as config/ in the archive.",
     )
-    def config_snapshot(context: dg.AssetExecutionContext, storage: BackupStorage
-                        ) -> dg.MaterializeResult:
-        refuse_a_partial_backup(context, whole)
+
+
+def build_config_snapshot(settings: Settings) -> dg.OpDefinition:
+    @dg.op(
+        name="config_snapshot",
+        out={CONFIG_OUTPUT: dg.Out(dg.Nothing),
+             "config_record": dg.Out(dict, io_manager_key=VALUES_IO_MANAGER)},
+        description="Copies the deployment's configuration files into the run's staging folder.",
+    )
+    def config_snapshot(context: dg.OpExecutionContext, storage: BackupStorage):
+        retry_the_whole_run(context)
         staging = storage.staging(context.run.run_id)
         if not settings.config_dir.is_dir():
             context.log.warning(
@@ -210,22 +217,20 @@ def build_config_snapshot(settings: Settings, whole: frozenset[dg.AssetKey]
                 f"could not copy the configuration from BACKUP_CONFIG_DIR {settings.config_dir}: "
                 f"{error}. Check that the folder is mounted and readable by the backup user."
             ) from error
-        write_private_text(staging / CONFIG_RECORD, json.dumps(record, indent=2))
         for entry in record["missing"]:
             context.log.warning(f"config file missing, not in this backup: {entry}")
         for skipped in record["skipped"]:
             context.log.warning(f"config file NOT COPIED, not in this backup: {skipped['path']} "
                                 f"({skipped['reason']})")
-        return dg.MaterializeResult(
-            metadata={
-                "config_dir": dg.MetadataValue.path(str(settings.config_dir)),
-                "included": dg.MetadataValue.json([f["path"] for f in record["files"]]),
-                "missing": dg.MetadataValue.json(record["missing"]),
-                "missing_count": len(record["missing"]),
-                "skipped": dg.MetadataValue.json(record["skipped"]),
-                "skipped_count": len(record["skipped"]),
-                "bytes": sum(f["size"] for f in record["files"]),
-            }
-        )
+        yield dg.Output(None, CONFIG_OUTPUT, metadata={
+            "config_dir": dg.MetadataValue.path(str(settings.config_dir)),
+            "included": dg.MetadataValue.json([f["path"] for f in record["files"]]),
+            "missing": dg.MetadataValue.json(record["missing"]),
+            "missing_count": len(record["missing"]),
+            "skipped": dg.MetadataValue.json(record["skipped"]),
+            "skipped_count": len(record["skipped"]),
+            "bytes": sum(f["size"] for f in record["files"]),
+        })
+        yield dg.Output(record, "config_record")
 
     return config_snapshot

@@ -1,13 +1,12 @@
 """The database export: schema, critical tables and transaction windows from one snapshot.
 
-It is one Dagster step (a multi-asset) because consistency demands it: every file must come from
-the same exported snapshot, which lives as long as the transaction that exported it. Each table
-still has its own asset key, so the UI shows lineage, row counts and checksums per table.
+It is one step of the backup because consistency demands it: every file must come from the same
+exported snapshot, which lives as long as the transaction that exported it. Each table still has
+its own asset key, so the UI shows lineage, row counts and checksums per table.
 """
 
 
 import hashlib
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,9 +25,10 @@ from backup_pipeline.assets.transactions import (
     write_window_for_psql,
     write_window_part,
 )
-from backup_pipeline.assets.whole_backup import refuse_a_partial_backup
+from backup_pipeline.assets.values import VALUES_IO_MANAGER, output_name
 from backup_pipeline.export_plan import ExportPlan, TableInfo, WindowedTable, build_plan
 from backup_pipeline.files import write_private_text
+from backup_pipeline.jobs import retry_the_whole_run
 from backup_pipeline.pg import COPY_BLOCK, CopyResult, HashingWriter
 from backup_pipeline.resources.postgres import PostgresResource, Snapshot
 from backup_pipeline.resources.storage import BackupStorage
@@ -36,7 +36,6 @@ from backup_pipeline.roles import create_missing_roles_sql, database_locale, nee
 from backup_pipeline.settings import Settings
 
 SCHEMA_KEY = dg.AssetKey("database_schema")
-EXPORT_RECORD = "export.json"
 
 _SEQUENCES_QUERY = """
 SELECT format('SELECT pg_catalog.setval(%L, %s, true);',
@@ -111,7 +110,8 @@ class _Exported:
     # A window that psql could not \copy: its queries, to write it again for psql.
     psql_queries: list[str] | None = None
 
-    def result(self, cutoff) -> dg.MaterializeResult:
+    def output(self, cutoff) -> dg.Output:
+        """The materialization of the table's asset."""
         entry = self.entry
         key = (dump_key if entry["kind"] == "critical" else transaction_key)(entry["table"])
         metadata = {
@@ -126,7 +126,7 @@ class _Exported:
             metadata.update(rows_in_window=entry["rows_in_window"],
                             rows_referenced_before_window=entry["rows_referenced_before_window"],
                             cutoff=cutoff.isoformat())
-        return dg.MaterializeResult(asset_key=key, metadata=metadata)
+        return dg.Output(None, output_name(key), metadata=metadata)
 
 
 @dataclass
@@ -287,20 +287,19 @@ def _write_windows_for_psql(snap: Snapshot, plan: ExportPlan, exported: list[_Ex
     return files
 
 
-def build_database_export(settings: Settings, whole: frozenset[dg.AssetKey]
-                          ) -> dg.AssetsDefinition:
+def build_database_export(settings: Settings) -> dg.OpDefinition:
+    """The export step: one output per asset it materializes, and its record for the archive."""
     specs = export_specs(settings)
 
-    @dg.multi_asset(
+    @dg.op(
         name="database_export",
-        specs=specs,
-        can_subset=False,
+        out={**{output_name(spec.key): dg.Out(dg.Nothing) for spec in specs},
+             "export": dg.Out(dict, io_manager_key=VALUES_IO_MANAGER)},
         description="Reads the database once, inside one exported snapshot.",
     )
-    def database_export(
-        context: dg.AssetExecutionContext, postgres: PostgresResource, storage: BackupStorage
-    ):
-        refuse_a_partial_backup(context, whole)
+    def database_export(context: dg.OpExecutionContext, postgres: PostgresResource,
+                        storage: BackupStorage):
+        retry_the_whole_run(context)
         staging = storage.staging(context.run.run_id)
         database_dir = staging / layout.DATABASE_DIR
         database_dir.mkdir(mode=0o700, exist_ok=True)
@@ -343,9 +342,9 @@ def build_database_export(settings: Settings, whole: frozenset[dg.AssetKey]
                 _file_record(layout.SEQUENCES, seq),
                 _file_record(layout.SCHEMA_POST_DATA, post),
             ]
-            results = [e.result(cutoff) for e in exported]
-            results.append(dg.MaterializeResult(
-                asset_key=SCHEMA_KEY,
+            results = [e.output(cutoff) for e in exported]
+            results.append(dg.Output(
+                None, output_name(SCHEMA_KEY),
                 metadata={
                     "pre_data_bytes": pre.size,
                     "post_data_bytes": post.size,
@@ -373,11 +372,11 @@ def build_database_export(settings: Settings, whole: frozenset[dg.AssetKey]
                 "staged": {e.entry["path"]: e.staged for e in exported},
                 "duration_seconds": round(time.monotonic() - started, 3),
             }
-        write_private_text(staging / EXPORT_RECORD, json.dumps(record, indent=2))
         context.log.info(
             f"exported {len(plan.critical)} critical tables and {len(plan.windowed)} transaction "
             f"windows ({sum(t['rows'] for t in tables)} rows) in {record['duration_seconds']} s"
         )
         yield from results
+        yield dg.Output(record, "export")
 
     return database_export

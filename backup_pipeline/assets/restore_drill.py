@@ -15,7 +15,6 @@ import dagster as dg
 
 from backup_pipeline import layout
 from backup_pipeline.assets.archive import ARCHIVE_KEY
-from backup_pipeline.assets.whole_backup import refuse_a_partial_backup
 from backup_pipeline.files import write_atomically
 from backup_pipeline.resources.drill import RestoreDrillTarget
 from backup_pipeline.resources.postgres import PostgresResource
@@ -38,9 +37,7 @@ def newest_good_archive(storage: BackupStorage) -> Path:
     return found[0][1]
 
 
-def build_restore_drill(whole: frozenset[dg.AssetKey]) -> dg.AssetsDefinition:
-    """The drill asset; selected with only some of the backup's assets (`whole`), its run is
-    refused like theirs, before the drill touches the scratch database."""
+def build_restore_drill() -> dg.AssetsDefinition:
 
     @dg.asset(
         deps=[ARCHIVE_KEY],
@@ -52,7 +49,6 @@ def build_restore_drill(whole: frozenset[dg.AssetKey]) -> dg.AssetsDefinition:
     def restore_drill(context: dg.AssetExecutionContext, storage: BackupStorage,
                       postgres: PostgresResource, drill: RestoreDrillTarget
                       ) -> dg.MaterializeResult:
-        refuse_a_partial_backup(context, whole)
         dsn = drill.checked_dsn(postgres)
         archive = newest_good_archive(storage)
         context.log.info(f"drill: restoring {archive.name} into {describe_target(dsn)}")

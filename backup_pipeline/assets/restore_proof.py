@@ -6,50 +6,56 @@ the run: the archive stays on disk under its name but the status files do not mo
 does not run, no success email goes out, and the failure alert names what did not restore.
 """
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import dagster as dg
 
-from backup_pipeline.assets.archive import ARCHIVE_KEY, archive_materialization
-from backup_pipeline.assets.whole_backup import refuse_a_partial_backup
+from backup_pipeline.assets.archive import ARCHIVE_KEY, BuiltArchive
+from backup_pipeline.assets.values import VALUES_IO_MANAGER, output_name
 from backup_pipeline.resources.drill import RestoreDrillTarget
 from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.resources.storage import ProofRecord
 from backup_pipeline.restore_proof import prove_archive
-from backup_pipeline.verify import read_manifest
 
 PROOF_KEY = dg.AssetKey("restore_proof")
+PROOF_OUTPUT = output_name(PROOF_KEY)
+PROOF_SPEC = dg.AssetSpec(
+    PROOF_KEY,
+    deps=[ARCHIVE_KEY],
+    group_name="archive",
+    kinds={"postgres"},
+    description="The new archive restored with `backup-pipeline restore`'s own code into a "
+                "throwaway PostgreSQL (or BACKUP_DRILL_DSN) and compared with it, table by "
+                "table, byte for byte: the measured recovery time of every archive.",
+)
 
 
-def build_restore_proof(whole: frozenset[dg.AssetKey]) -> dg.AssetsDefinition:
-    """The proof asset; `whole` is the backup's assets, which a run must select together."""
+@dataclass(frozen=True)
+class ProvenArchive:
+    """A checked archive and, unless BACKUP_RESTORE_PROOF=off, how its restore was proven."""
 
-    @dg.asset(
-        key=PROOF_KEY,
-        deps=[ARCHIVE_KEY],
-        group_name="archive",
-        kinds={"postgres"},
-        description="The new archive restored with `backup-pipeline restore`'s own code into a "
-                    "throwaway PostgreSQL (or BACKUP_DRILL_DSN) and compared with it, table by "
-                    "table, byte for byte: the measured recovery time of every archive.",
+    archive: BuiltArchive
+    proof: ProofRecord | None = None
+    summary: str | None = None
+
+
+def build_restore_proof() -> dg.OpDefinition:
+    @dg.op(
+        name="restore_proof",
+        ins={"checked": dg.In(BuiltArchive)},
+        out={PROOF_OUTPUT: dg.Out(dg.Nothing),
+             "proven": dg.Out(ProvenArchive, io_manager_key=VALUES_IO_MANAGER)},
+        description=PROOF_SPEC.description,
     )
-    def restore_proof(context: dg.AssetExecutionContext, postgres: PostgresResource,
-                      drill: RestoreDrillTarget) -> dg.MaterializeResult:
-        refuse_a_partial_backup(context, whole)
-        materialization = archive_materialization(context.instance, context.run.run_id)
-        if materialization is None:
-            raise RuntimeError("restore_proof follows a backup_archive of the same run: run the "
-                               "whole backup_job")
-        archive = Path(materialization.metadata["path"].value)
-        manifest = read_manifest(archive)
-        if manifest is None:
-            raise RuntimeError(f"{archive} has no readable manifest.json: nothing to prove "
-                               f"(backup-pipeline verify {archive} says why)")
+    def restore_proof(context: dg.OpExecutionContext, postgres: PostgresResource,
+                      drill: RestoreDrillTarget, checked: BuiltArchive):
         scratch = drill.checked_dsn(postgres) if drill.dsn else None
-        result = prove_archive(archive, manifest, scratch_dsn=scratch, progress=context.log.info)
-        context.log.info(f"restore proof of {archive.name}: {result.summary()}\n"
+        result = prove_archive(checked.path, checked.manifest, scratch_dsn=scratch,
+                               progress=context.log.info)
+        context.log.info(f"restore proof of {checked.name}: {result.summary()}\n"
                          f"{result.report.table_text()}")
-        return dg.MaterializeResult(metadata={
-            "archive": archive.name,
+        yield dg.Output(None, PROOF_OUTPUT, metadata={
+            "archive": checked.name,
             "proof_seconds": dg.MetadataValue.float(result.seconds),
             "phase_seconds": dg.MetadataValue.json(result.report.phases),
             "target": result.target,
@@ -59,5 +65,8 @@ def build_restore_proof(whole: frozenset[dg.AssetKey]) -> dg.AssetsDefinition:
             "comparison": dg.MetadataValue.md(f"```\n{result.report.table_text()}\n```"),
             "result": result.summary(),
         })
+        proof = ProofRecord(seconds=result.seconds, target=result.target,
+                            phases=result.report.phases)
+        yield dg.Output(ProvenArchive(checked, proof, result.summary()), "proven")
 
     return restore_proof

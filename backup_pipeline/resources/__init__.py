@@ -6,6 +6,7 @@ import os
 
 import dagster as dg
 
+from backup_pipeline.assets.values import VALUES_IO_MANAGER
 from backup_pipeline.resources.drill import RestoreDrillTarget
 from backup_pipeline.resources.links import DownloadLinks
 from backup_pipeline.resources.mailer import Mailer
@@ -19,10 +20,11 @@ def _secret(name: str) -> dg.EnvVar | None:
     return dg.EnvVar(name) if os.environ.get(name) else None
 
 
-def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+def build_resources(settings: Settings) -> dict[str, object]:
     password = _secret("POSTGRES_PASSWORD")
     drill_dsn = _secret("BACKUP_DRILL_DSN")
     return {
+        VALUES_IO_MANAGER: dg.mem_io_manager,
         "mailer": Mailer(
             recipients=list(settings.admin_emails),
             sender=settings.smtp_from,

@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 from pydantic import Field
 
+from backup_pipeline.alerts import KindOfFailure
 from backup_pipeline.pg import (
     PG_DUMP_COMPLETE,
     BlockSink,
@@ -42,8 +43,10 @@ from backup_pipeline.pg import (
 __all__ = ["CopyResult", "HashingWriter", "PgDumpError", "PostgresResource", "Snapshot"]
 
 
-class DatabaseConnectionError(RuntimeError):
+class DatabaseConnectionError(KindOfFailure, RuntimeError):
     """The database could not be reached after every retry."""
+
+    kind = "database"
 
 
 @dataclass

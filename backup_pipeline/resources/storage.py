@@ -27,12 +27,15 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from backup_pipeline import layout
+from backup_pipeline.alerts import KindOfFailure
 from backup_pipeline.files import PRIVATE_DIR, fsync_dir, make_private_dirs, write_atomically
 from backup_pipeline.run_monitoring import Heartbeat
 
 
-class DiskSpaceError(RuntimeError):
+class DiskSpaceError(KindOfFailure, RuntimeError):
     """Not enough free space in BACKUP_DIR for the expected backup."""
+
+    kind = "disk"
 
 
 class BackupDirAccessError(PermissionError):
