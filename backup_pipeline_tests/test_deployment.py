@@ -5,9 +5,11 @@ suite's own PostgreSQL."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import psycopg
 import pytest
 import yaml
 
+from backup_pipeline import layout
 from backup_pipeline import settings as settings_module
 from backup_pipeline.assets import whole_backup_keys
 from backup_pipeline.sample_data.cluster import free_port
@@ -422,3 +425,61 @@ def test_a_killed_run_is_failed_alerted_and_the_queue_moves_on(stack, backup_env
     assert "stopped sending heartbeats" in text and "dmesg" in text, text
     # Started with `dagster job execute`: the daemon cannot retry it, and the alert says so.
     assert "This run is NOT tried again" in text and "runs it once more" not in text
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _page_text(url: str, profile: Path, expected: str) -> tuple[str, str]:
+    """The page as headless Chromium renders it (the DOM after its GraphQL answers arrived,
+    and that DOM as text), tried again while `expected` is not on it yet."""
+    for _ in range(3):
+        rendered = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--dump-dom", url],
+            capture_output=True, text=True, timeout=120).stdout
+        visible = re.sub(r"<script.*?</script>|<style.*?</style>", " ", rendered, flags=re.S)
+        text = re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", visible)))
+        if expected in text:
+            return rendered, text
+    raise AssertionError(f"{url} never showed {expected!r}:\n{text[:3000]}")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium here to look at the UI with; "
+                    "scripts/test.sh installs it when run as root (apt-get install chromium)")
+def test_the_ui_shows_the_archive_its_checks_and_lineage(stack, backup_env, tmp_path):
+    """What an administrator opening the UI after a backup must see, in a real browser: the
+    archive with its name and size, its four checks passed on that archive (and no button to
+    run them apart from a backup), and lineage from every table to the archive."""
+    port = stack.web_port
+    launched = _graphql(port, LAUNCH, {"selector": {**REPOSITORY, "jobName": "backup_job"}})
+    run_id = launched["launchRun"]["run"]["runId"]
+    _wait(lambda: _runs(port, [run_id])[run_id]["status"] in ("SUCCESS", "FAILURE"),
+          "the backup", 240)
+    [archive] = archives(backup_env["BACKUP_DIR"])
+    settings = settings_module.load_settings(backup_env)
+    tables = ([f"dumps / {table}" for table in settings.critical_tables]
+              + [f"transactions / {entry.name}" for entry in settings.transaction_tables])
+    base, profile = f"http://127.0.0.1:{port}", tmp_path / "chromium"
+
+    _, page = _page_text(f"{base}/assets/backup_archive", profile, archive.name)
+    assert re.search(rf"size [^|]*? {layout.size_text(archive.stat().st_size)} ", page), page
+    assert "Latest check results" in page and "Upstream assets" in page
+    upstream = page[page.index("Upstream assets"):]
+    assert [t for t in tables if t not in upstream] == []
+
+    rendered, page = _page_text(f"{base}/assets/backup_archive?view=checks", profile,
+                                "Checks (4)")
+    for check in ("gzip_and_tar_integrity", "manifest_checksums", "dumps_readable",
+                  "size_within_bounds"):
+        assert f"{check} {check} Succeeded" in page, page
+    assert f"Metadata archive {archive.name}" in page, page
+    execute_all = rendered[rendered.rfind("<button", 0, rendered.index("Execute all")):]
+    assert execute_all.startswith("<button disabled"), "the checks can be run apart"
+
+    # The graph: names of 16 characters and more are cut in its boxes.
+    _, page = _page_text(f"{base}/assets/backup_archive?view=lineage", profile,
+                         "backup_status")
+    for node in ("backup_archive", "config_snapshot", "database_schema", "users",
+                 "restore_proof", "backup_status", "restore_drill"):
+        assert f" {node} " in page, page
