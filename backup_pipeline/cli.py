@@ -193,13 +193,12 @@ def _health_check(args: argparse.Namespace) -> int:
 
 
 def _serve_downloads(args: argparse.Namespace) -> int:
-    import os
-
     from backup_pipeline.downloads import make_server
+    from backup_pipeline.settings import read_secret
 
     settings = _settings()
     try:
-        server = make_server(settings.backup_dir, os.environ.get("BACKUP_DOWNLOAD_SECRET", ""),
+        server = make_server(settings.backup_dir, read_secret("BACKUP_DOWNLOAD_SECRET") or "",
                              args.host, args.port)
     except ValueError as error:
         print(f"cannot serve downloads: {error}", file=sys.stderr)

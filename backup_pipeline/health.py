@@ -19,7 +19,7 @@ import psycopg
 
 from backup_pipeline import layout
 from backup_pipeline.resources.storage import BackupStorage, read_last_success
-from backup_pipeline.settings import Settings
+from backup_pipeline.settings import Settings, dagster_home, read_secret
 
 RUNS_FOR_RATE = 30
 JOB_NAME = "backup_job"
@@ -125,7 +125,7 @@ def _run_info(instance, record) -> RunInfo:
 def _run_history(status: BackupStatus) -> None:
     """Last run, success rate and stuck queue from the Dagster instance, when DAGSTER_HOME names
     one."""
-    if not os.environ.get("DAGSTER_HOME"):
+    if not dagster_home():
         status.notes.append("DAGSTER_HOME is not set: run history comes from the status files")
         return
     try:
@@ -211,7 +211,7 @@ def database_problem(settings: Settings, timeout_seconds: int = 3) -> str | None
         psycopg.connect(
             host=settings.postgres_host, port=settings.postgres_port,
             dbname=settings.postgres_db, user=settings.postgres_user,
-            password=os.environ.get("POSTGRES_PASSWORD") or None,
+            password=read_secret("POSTGRES_PASSWORD"),
             connect_timeout=timeout_seconds,
         ).close()
     except psycopg.Error as error:

@@ -24,6 +24,7 @@ restore: the database restore stands.
 from __future__ import annotations
 
 import errno
+import getpass
 import math
 import os
 import shlex
@@ -146,7 +147,7 @@ def describe_target(dsn: str) -> str:
         raise RestoreError("--target names no database: add dbname=... (the database to "
                            "restore into; it is created when missing)")
     return (f"database {parts.get('dbname', '?')} on {parts.get('host', 'localhost')}:"
-            f"{parts.get('port', 5432)} as {parts.get('user', os.environ.get('USER', '?'))}")
+            f"{parts.get('port', 5432)} as {parts.get('user', getpass.getuser())}")
 
 
 def _libpq_env(dsn: str) -> dict[str, str]:

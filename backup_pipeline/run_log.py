@@ -10,21 +10,22 @@ creates is 0600 and a folder 0700, whatever the umask (under umask 000 they were
 from __future__ import annotations
 
 import logging
-import os
 import sys
-from pathlib import Path
 
 from backup_pipeline.files import make_private_dirs, open_private
-
-DEFAULT_LOG_FILE = "/var/log/backup.log"
+from backup_pipeline.settings import SettingsError, log_file
 
 
 class RunLogFileHandler(logging.Handler):
     def __init__(self, level: int | str = logging.INFO) -> None:
         super().__init__(level)
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        self.path = Path(os.environ.get("BACKUP_LOG_FILE") or DEFAULT_LOG_FILE)
         self._inner: logging.FileHandler | None = None
+        try:
+            self.path = log_file()
+        except SettingsError as error:
+            print(f"backup_pipeline: no run log: {error}", file=sys.stderr)
+            return
         try:
             make_private_dirs(self.path.parent)
             # Created here with its mode: FileHandler's open() would make it 0666 minus umask.

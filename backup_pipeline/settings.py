@@ -109,6 +109,11 @@ class Settings:
     dagster_ui_url: str = "http://localhost:3000"
 
 
+# Each setting's default, written once (above): load_settings, the resources' fields and the
+# tests read them from here.
+DEFAULTS = Settings()
+
+
 def _text(env: Mapping[str, str], name: str, default: str) -> str:
     """The value of `name`, trimmed, or `default`: the one place every setting is read.
 
@@ -236,9 +241,10 @@ def _mail_settings(env: Mapping[str, str], backup_dir: Path) -> dict:
             "SMTP_HOST is set but ADMIN_EMAILS is empty: nobody would receive backups or alerts. "
             "Set ADMIN_EMAILS to the administrators' addresses, comma separated."
         )
-    port = int(_number(env, "SMTP_PORT", 587, kind=int, low=1, high=65535,
+    port = int(_number(env, "SMTP_PORT", DEFAULTS.smtp_port, kind=int, low=1, high=65535,
                        meaning="the SMTP server's port: 587 STARTTLS, 465 implicit TLS"))
-    security = _text(env, "SMTP_SECURITY", "ssl" if port == 465 else "starttls").lower()
+    security = _text(env, "SMTP_SECURITY",
+                     "ssl" if port == 465 else DEFAULTS.smtp_security).lower()
     if security not in SMTP_SECURITY_CHOICES:
         raise SettingsError(
             f"SMTP_SECURITY={security!r} is not valid: use starttls (port 587), ssl (implicit "
@@ -251,26 +257,29 @@ def _mail_settings(env: Mapping[str, str], backup_dir: Path) -> dict:
     user = _text(env, "SMTP_USER", "") or None
     base_url = _text(env, "BACKUP_DOWNLOAD_BASE_URL", "").rstrip("/") or None
     _require_http("BACKUP_DOWNLOAD_BASE_URL", base_url, "https://backups.example.com")
-    ui_url = _text(env, "DAGSTER_UI_URL", "http://localhost:3000").rstrip("/")
+    ui_url = _text(env, "DAGSTER_UI_URL", DEFAULTS.dagster_ui_url).rstrip("/")
     _require_http("DAGSTER_UI_URL", ui_url, "https://dagster.example.com")
     return {
         "admin_emails": admins,
         "smtp_host": host,
         "smtp_port": port,
         "smtp_user": user,
-        "smtp_from": _text(env, "SMTP_FROM", user or "backup@localhost"),
+        "smtp_from": _text(env, "SMTP_FROM", user or DEFAULTS.smtp_from),
         "smtp_security": security,
         "smtp_ca_file": Path(ca_text) if ca_text else None,
-        "email_max_mb": _number(env, "BACKUP_EMAIL_MAX_MB", 25.0, kind=float, low=0, high=1000,
-                                meaning="largest email, attachment encoded, in MB"),
+        "email_max_mb": _number(
+            env, "BACKUP_EMAIL_MAX_MB", DEFAULTS.email_max_mb, kind=float, low=0, high=1000,
+            meaning="largest email, attachment encoded, in MB"),
         "email_retry_base_seconds": _number(
-            env, "BACKUP_EMAIL_RETRY_BASE_SECONDS", 5.0, kind=float, low=0, high=600,
+            env, "BACKUP_EMAIL_RETRY_BASE_SECONDS", DEFAULTS.email_retry_base_seconds,
+            kind=float, low=0, high=600,
             meaning="first email retry delay, doubled each time"),
         "outbox_dir": Path(_text(env, "BACKUP_OUTBOX_DIR", str(backup_dir / "outbox"))),
         "mail_log": Path(_text(env, "BACKUP_MAIL_LOG", str(backup_dir / "mail.log"))),
         "download_base_url": base_url,
-        "link_ttl_hours": _number(env, "BACKUP_LINK_TTL_HOURS", 72.0, kind=float, low=0.01,
-                                  high=24 * 365, meaning="how long a download link works"),
+        "link_ttl_hours": _number(
+            env, "BACKUP_LINK_TTL_HOURS", DEFAULTS.link_ttl_hours, kind=float, low=0.01, high=24 *
+            365, meaning="how long a download link works"),
         "dagster_ui_url": ui_url,
     }
 
@@ -295,6 +304,30 @@ def is_valid_cron_string(expression: str) -> bool:
     return dagster_accepts(expression)
 
 
+DEFAULT_LOG_FILE = Path("/var/log/backup.log")
+
+
+def read_secret(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """A secret's value (POSTGRES_PASSWORD, SMTP_PASS, BACKUP_DOWNLOAD_SECRET), or None when
+    unset. Never part of Settings, which may be logged and shown: the pipeline's resources take
+    secrets as dg.EnvVar, read at run time; the CLI reads them here when it needs them."""
+    env = os.environ if env is None else env
+    return env.get(name) or None
+
+
+def log_file(env: Mapping[str, str] | None = None) -> Path:
+    """BACKUP_LOG_FILE, the plain run log. Read apart from load_settings: Dagster builds the log
+    handler from dagster.yaml, where invalid backup settings must not stop the logging."""
+    env = os.environ if env is None else env
+    return Path(_text(env, "BACKUP_LOG_FILE", str(DEFAULT_LOG_FILE)))
+
+
+def dagster_home(env: Mapping[str, str] | None = None) -> str | None:
+    """DAGSTER_HOME, the Dagster instance `status` and `health-check` read run history from."""
+    env = os.environ if env is None else env
+    return _text(env, "DAGSTER_HOME", "") or None
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the settings from `env` (the process environment by default)."""
     env = os.environ if env is None else env
@@ -306,21 +339,23 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"{', '.join(both)} is listed in both BACKUP_TABLES and BACKUP_TRANSACTION_TABLES: "
             f"a table is either backed up whole or by its recent window, not both."
         )
-    min_size = _number(env, "BACKUP_MIN_SIZE_MB", 1.0, kind=float, low=0, high=_MAX_MB,
-                       meaning="smallest normal archive size in MB")
-    max_size = _number(env, "BACKUP_MAX_SIZE_MB", 100.0, kind=float, low=0, high=_MAX_MB,
-                       meaning="largest normal archive size in MB")
+    min_size = _number(
+        env, "BACKUP_MIN_SIZE_MB", DEFAULTS.min_size_mb, kind=float, low=0, high=_MAX_MB,
+        meaning="smallest normal archive size in MB")
+    max_size = _number(
+        env, "BACKUP_MAX_SIZE_MB", DEFAULTS.max_size_mb, kind=float, low=0, high=_MAX_MB,
+        meaning="largest normal archive size in MB")
     if max_size <= min_size:
         raise SettingsError(
             f"BACKUP_MAX_SIZE_MB={max_size:g} must be larger than BACKUP_MIN_SIZE_MB={min_size:g}."
         )
-    schedule = _text(env, "BACKUP_SCHEDULE", "0 2 * * *")
+    schedule = _text(env, "BACKUP_SCHEDULE", DEFAULTS.schedule)
     if not is_valid_cron_string(schedule):
         raise SettingsError(
             f"BACKUP_SCHEDULE={schedule!r} is not a valid cron expression: use five fields, "
             f"e.g. '0 2 * * *' for 02:00 every day."
         )
-    timezone = _text(env, "BACKUP_TIMEZONE", "UTC")
+    timezone = _text(env, "BACKUP_TIMEZONE", DEFAULTS.timezone)
     try:
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -328,13 +363,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"BACKUP_TIMEZONE={timezone!r} is not a known time zone: use an IANA name such as "
             f"'UTC' or 'Asia/Bangkok'."
         ) from None
-    backup_dir = Path(_text(env, "BACKUP_DIR", "/backups"))
-    config_dir = Path(_text(env, "BACKUP_CONFIG_DIR", "/config"))
+    backup_dir = Path(_text(env, "BACKUP_DIR", str(DEFAULTS.backup_dir)))
+    config_dir = Path(_text(env, "BACKUP_CONFIG_DIR", str(DEFAULTS.config_dir)))
     for var, path in (("BACKUP_DIR", backup_dir), ("BACKUP_CONFIG_DIR", config_dir)):
         if not path.is_absolute():
             raise SettingsError(f"{var}={str(path)!r} must be an absolute path, e.g. /backups.")
     mail = _mail_settings(env, backup_dir)
-    drill_schedule = _text(env, "BACKUP_DRILL_SCHEDULE", "0 4 * * 0")
+    drill_schedule = _text(env, "BACKUP_DRILL_SCHEDULE", DEFAULTS.drill_schedule)
     if not is_valid_cron_string(drill_schedule):
         raise SettingsError(
             f"BACKUP_DRILL_SCHEDULE={drill_schedule!r} is not a valid cron expression: use five "
@@ -355,40 +390,50 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 f"or rename it."
             )
     return Settings(
-        app_name=_text(env, "BACKUP_APP_NAME", DEFAULT_APP_NAME),
-        postgres_host=_text(env, "POSTGRES_HOST", "localhost"),
-        postgres_port=int(_number(env, "POSTGRES_PORT", 5432, kind=int, low=1, high=65535,
-                                  meaning="the PostgreSQL server's TCP port")),
-        postgres_db=_text(env, "POSTGRES_DB", "smart_ai_hub"),
-        postgres_user=_text(env, "POSTGRES_USER", "postgres"),
+        app_name=_text(env, "BACKUP_APP_NAME", DEFAULTS.app_name),
+        postgres_host=_text(env, "POSTGRES_HOST", DEFAULTS.postgres_host),
+        postgres_port=int(_number(
+            env, "POSTGRES_PORT", DEFAULTS.postgres_port, kind=int, low=1, high=65535,
+            meaning="the PostgreSQL server's TCP port")),
+        postgres_db=_text(env, "POSTGRES_DB", DEFAULTS.postgres_db),
+        postgres_user=_text(env, "POSTGRES_USER", DEFAULTS.postgres_user),
         backup_dir=backup_dir,
         config_dir=config_dir,
         config_files=_config_files(env),
         critical_tables=critical,
         transaction_tables=transactions,
-        transaction_months=int(_number(env, "BACKUP_TRANSACTION_MONTHS", 3, kind=int, low=1,
-                                       high=12000, meaning="months of transactions to keep")),
+        transaction_months=int(_number(
+            env, "BACKUP_TRANSACTION_MONTHS", DEFAULTS.transaction_months, kind=int, low=1,
+            high=12000, meaning="months of transactions to keep")),
         min_size_mb=min_size,
         max_size_mb=max_size,
-        retention_days=int(_number(env, "BACKUP_RETENTION_DAYS", 30, kind=int, low=1, high=3650,
-                                   meaning="days to keep archives")),
-        retention_min_count=int(_number(env, "BACKUP_RETENTION_MIN_COUNT", 7, kind=int, low=1,
-                                        high=10000, meaning="newest archives always kept")),
+        retention_days=int(_number(
+            env, "BACKUP_RETENTION_DAYS", DEFAULTS.retention_days, kind=int, low=1, high=3650,
+            meaning="days to keep archives")),
+        retention_min_count=int(_number(
+            env, "BACKUP_RETENTION_MIN_COUNT", DEFAULTS.retention_min_count, kind=int, low=1,
+            high=10000, meaning="newest archives always kept")),
         schedule=schedule,
         timezone=timezone,
-        db_connect_retries=int(_number(env, "BACKUP_DB_CONNECT_RETRIES", 3, kind=int, low=0,
-                                       high=20, meaning="retries of a failed connection")),
-        db_retry_base_seconds=_number(env, "BACKUP_DB_RETRY_BASE_SECONDS", 2.0, kind=float, low=0,
-                                      high=300, meaning="first retry delay, doubled each time"),
-        disk_reserve_mb=int(_number(env, "BACKUP_DISK_RESERVE_MB", 100, kind=int, low=0,
-                                    high=_MAX_MB, meaning="free space kept beyond the backup")),
-        lock_timeout_seconds=int(_number(env, "BACKUP_LOCK_TIMEOUT_SECONDS", 60, kind=int, low=1,
-                                         high=3600, meaning="wait for a table lock at most")),
+        db_connect_retries=int(_number(
+            env, "BACKUP_DB_CONNECT_RETRIES", DEFAULTS.db_connect_retries, kind=int, low=0, high=20,
+            meaning="retries of a failed connection")),
+        db_retry_base_seconds=_number(
+            env, "BACKUP_DB_RETRY_BASE_SECONDS", DEFAULTS.db_retry_base_seconds, kind=float, low=0,
+            high=300, meaning="first retry delay, doubled each time"),
+        disk_reserve_mb=int(_number(
+            env, "BACKUP_DISK_RESERVE_MB", DEFAULTS.disk_reserve_mb, kind=int, low=0, high=_MAX_MB,
+            meaning="free space kept beyond the backup")),
+        lock_timeout_seconds=int(_number(
+            env, "BACKUP_LOCK_TIMEOUT_SECONDS", DEFAULTS.lock_timeout_seconds, kind=int, low=1,
+            high=3600, meaning="wait for a table lock at most")),
         pg_bindir=pg_bindir,
-        max_age_hours=_number(env, "BACKUP_MAX_AGE_HOURS", 25.0, kind=float, low=1, high=24 * 365,
-                              meaning="age after which the newest backup is overdue"),
-        min_free_disk_mb=int(_number(env, "BACKUP_MIN_FREE_DISK_MB", 500, kind=int, low=0,
-                                     high=_MAX_MB, meaning="free space in BACKUP_DIR for health")),
+        max_age_hours=_number(
+            env, "BACKUP_MAX_AGE_HOURS", DEFAULTS.max_age_hours, kind=float, low=1, high=24 * 365,
+            meaning="age after which the newest backup is overdue"),
+        min_free_disk_mb=int(_number(
+            env, "BACKUP_MIN_FREE_DISK_MB", DEFAULTS.min_free_disk_mb, kind=int, low=0,
+            high=_MAX_MB, meaning="free space in BACKUP_DIR for health")),
         drill_dsn=_text(env, "BACKUP_DRILL_DSN", "") or None,
         drill_schedule=drill_schedule,
         restore_proof=_restore_proof(env),

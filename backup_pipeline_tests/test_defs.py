@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,15 @@ def test_dg_finds_the_project_and_its_definitions(tmp_path):
     assert {"nightly_backup_schedule", "restore_drill_schedule"} <= {
         s["name"] for s in found["schedules"]}
     assert "backup_failure_alert_sensor" in {s["name"] for s in found["sensors"]}
+
+
+def test_the_settings_are_read_from_the_environment_in_settings_py_only():
+    """Every variable of ours (BACKUP_*, POSTGRES_*, SMTP_*, ADMIN_EMAILS, DAGSTER_*) is read in
+    settings.py; the other modules only pass the environment on to the programs they start."""
+    package = Path(__file__).parents[1] / "backup_pipeline"
+    ours = r'"(?:BACKUP|POSTGRES|SMTP|DAGSTER)_[A-Z0-9_]+"|"ADMIN_EMAILS"'
+    reads = re.compile(rf"(?:environ(?:\.get)?[\[(]|getenv\()\s*(?:{ours})")
+    found = {path.relative_to(package).as_posix(): reads.findall(path.read_text())
+             for path in package.rglob("*.py") if path.name != "settings.py"}
+    assert {path: names for path, names in found.items() if names} == {}
+    assert reads.search('os.environ.get("BACKUP_LOG_FILE")')  # the pattern finds what it must

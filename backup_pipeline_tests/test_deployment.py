@@ -72,7 +72,8 @@ def test_every_variable_passed_is_read_and_every_setting_is_documented():
                     "BACKUP_IMAGE_TAG"}
     unknown = _env_example() - read - compose_only
     assert not unknown, f".env.example lists variables nothing reads: {unknown}"
-    undocumented = settings_vars - _env_example()
+    # Dagster's own variable: the image sets it, .env.production must not move it.
+    undocumented = settings_vars - _env_example() - {"DAGSTER_HOME"}
     assert not undocumented, f"settings read variables .env.example omits: {undocumented}"
     for service in BACKUP_SERVICES:
         passed = set(COMPOSE["services"][service].get("environment", {}))
@@ -80,10 +81,15 @@ def test_every_variable_passed_is_read_and_every_setting_is_documented():
 
 
 def _settings_defaults() -> dict[str, str]:
-    """Each setting's default as settings.py writes it: `_number(env, "X", 60, ...)`,
-    `_text(env, "X", "default")` or `_text(env, "X", A_CONSTANT)` of that module."""
+    """Each setting's default as load_settings reads it: `_number(env, "X", DEFAULTS.x, ...)`,
+    `_text(env, "X", DEFAULTS.x)` (the Settings field's default) or a literal, or `_text(env,
+    "X", A_CONSTANT)` of that module."""
     source = Path(settings_module.__file__).read_text()
-    found = dict(re.findall(r'_number\(\s*env,\s*"([A-Z][A-Z0-9_]+)",\s*([0-9.]+)', source))
+    found = {}
+    for name, field in re.findall(r'_(?:number|text)\(\s*env,\s*"([A-Z][A-Z0-9_]+)",\s*'
+                                  r'(?:str\()?DEFAULTS\.([a-z_]+)', source):
+        found[name] = str(getattr(settings_module.DEFAULTS, field))
+    found |= dict(re.findall(r'_number\(\s*env,\s*"([A-Z][A-Z0-9_]+)",\s*([0-9.]+)', source))
     found |= dict(re.findall(r'_text\(\s*env,\s*"([A-Z][A-Z0-9_]+)",\s*"([^"]*)"\)', source))
     for name, constant in re.findall(r'_text\(\s*env,\s*"([A-Z][A-Z0-9_]+)",\s*([A-Z][A-Z0-9_]+)\)',
                                      source):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
 from backup_pipeline.assets.values import VALUES_IO_MANAGER
@@ -12,12 +10,12 @@ from backup_pipeline.resources.links import DownloadLinks
 from backup_pipeline.resources.mailer import Mailer
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.resources.storage import BackupStorage
-from backup_pipeline.settings import Settings
+from backup_pipeline.settings import Settings, read_secret
 
 
 def _secret(name: str) -> dg.EnvVar | None:
     """A secret is wired as dg.EnvVar (read at run time, never shown in the UI) when it is set."""
-    return dg.EnvVar(name) if os.environ.get(name) else None
+    return dg.EnvVar(name) if read_secret(name) else None
 
 
 def build_resources(settings: Settings) -> dict[str, object]:

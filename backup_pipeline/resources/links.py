@@ -6,12 +6,14 @@ import dagster as dg
 from pydantic import Field
 
 from backup_pipeline.downloads import signed_link
+from backup_pipeline.settings import DEFAULTS
 
 
 class DownloadLinks(dg.ConfigurableResource):
     base_url: str | None = Field(default=None, description="BACKUP_DOWNLOAD_BASE_URL")
     secret: str | None = Field(default=None, description="BACKUP_DOWNLOAD_SECRET, at run time")
-    ttl_hours: float = Field(default=72.0, description="BACKUP_LINK_TTL_HOURS")
+    ttl_hours: float = Field(default=DEFAULTS.link_ttl_hours,
+                             description="BACKUP_LINK_TTL_HOURS")
 
     def link_for(self, name: str) -> tuple[str, int] | None:
         """(url, expiry) when links are configured, else None (the email names the path)."""

@@ -34,6 +34,7 @@ from pydantic import Field
 
 from backup_pipeline import layout
 from backup_pipeline.files import fsync_dir, make_private_dirs, write_atomically, write_synced
+from backup_pipeline.settings import DEFAULTS
 
 # What to do about a file that cannot be written, by errno; {folder} is where it goes.
 _WRITE_FIXES = {
@@ -64,18 +65,20 @@ class Mailer(dg.ConfigurableResource):
     """Sends the backup's emails to ADMIN_EMAILS."""
 
     recipients: list[str] = Field(default_factory=list, description="ADMIN_EMAILS")
-    sender: str = Field(default="backup@localhost", description="SMTP_FROM")
+    sender: str = Field(default=DEFAULTS.smtp_from, description="SMTP_FROM")
     smtp_host: str | None = Field(default=None, description="SMTP_HOST; unset: write to outbox")
-    smtp_port: int = Field(default=587, description="SMTP_PORT")
+    smtp_port: int = Field(default=DEFAULTS.smtp_port, description="SMTP_PORT")
     smtp_user: str | None = Field(default=None, description="SMTP_USER")
     smtp_password: str | None = Field(default=None, description="SMTP_PASS, read at run time")
-    security: str = Field(default="starttls", description="SMTP_SECURITY: starttls, ssl, none")
+    security: str = Field(default=DEFAULTS.smtp_security,
+                          description="SMTP_SECURITY: starttls, ssl, none")
     ca_file: str | None = Field(default=None, description="SMTP_CA_FILE")
     outbox_dir: str = Field(description="BACKUP_OUTBOX_DIR")
     mail_log: str = Field(description="BACKUP_MAIL_LOG")
     status_dir: str = Field(description="BACKUP_DIR, for .last_email.json")
     retries: int = Field(default=3)
-    retry_base_seconds: float = Field(default=5.0, description="BACKUP_EMAIL_RETRY_BASE_SECONDS")
+    retry_base_seconds: float = Field(default=DEFAULTS.email_retry_base_seconds,
+                                       description="BACKUP_EMAIL_RETRY_BASE_SECONDS")
     timeout_seconds: int = Field(default=60)
 
     @property

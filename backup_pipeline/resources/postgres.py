@@ -39,6 +39,7 @@ from backup_pipeline.pg import (
     reader_env,
     reader_settings,
 )
+from backup_pipeline.settings import DEFAULTS
 
 __all__ = ["CopyResult", "HashingWriter", "PgDumpError", "PostgresResource", "Snapshot"]
 
@@ -135,14 +136,17 @@ class PostgresResource(dg.ConfigurableResource):
     """Connection settings of the application database (the seeds' POSTGRES_* variables)."""
 
     host: str = Field(description="POSTGRES_HOST")
-    port: int = Field(default=5432, description="POSTGRES_PORT")
+    port: int = Field(default=DEFAULTS.postgres_port, description="POSTGRES_PORT")
     database: str = Field(description="POSTGRES_DB")
     user: str = Field(description="POSTGRES_USER")
     password: str | None = Field(default=None, description="POSTGRES_PASSWORD, read at run time")
-    connect_retries: int = Field(default=3, description="retries after a failed connection")
-    retry_base_seconds: float = Field(default=2.0, description="first retry delay, doubled")
+    connect_retries: int = Field(default=DEFAULTS.db_connect_retries,
+                                 description="BACKUP_DB_CONNECT_RETRIES")
+    retry_base_seconds: float = Field(default=DEFAULTS.db_retry_base_seconds,
+                                       description="BACKUP_DB_RETRY_BASE_SECONDS")
     connect_timeout_seconds: int = Field(default=10)
-    lock_timeout_seconds: int = Field(default=60, description="BACKUP_LOCK_TIMEOUT_SECONDS")
+    lock_timeout_seconds: int = Field(default=DEFAULTS.lock_timeout_seconds,
+                                      description="BACKUP_LOCK_TIMEOUT_SECONDS")
     pg_bindir: str | None = Field(default=None, description="BACKUP_PG_BINDIR")
 
     def describe(self) -> str:

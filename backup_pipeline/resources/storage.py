@@ -30,6 +30,7 @@ from backup_pipeline import layout
 from backup_pipeline.alerts import KindOfFailure
 from backup_pipeline.files import PRIVATE_DIR, fsync_dir, make_private_dirs, write_atomically
 from backup_pipeline.run_monitoring import Heartbeat
+from backup_pipeline.settings import DEFAULTS
 
 
 class DiskSpaceError(KindOfFailure, RuntimeError):
@@ -129,12 +130,16 @@ class BackupStorage(dg.ConfigurableResource):
     """Where archives live (BACKUP_DIR) and how long they stay."""
 
     backup_dir: str = Field(description="BACKUP_DIR")
-    timezone: str = Field(default="UTC", description="BACKUP_TIMEZONE, for archive names")
-    retention_days: int = Field(default=30, description="BACKUP_RETENTION_DAYS")
-    retention_min_count: int = Field(default=7, description="BACKUP_RETENTION_MIN_COUNT")
-    min_size_mb: float = Field(default=1.0, description="BACKUP_MIN_SIZE_MB")
-    max_size_mb: float = Field(default=100.0, description="BACKUP_MAX_SIZE_MB")
-    disk_reserve_mb: int = Field(default=100, description="BACKUP_DISK_RESERVE_MB")
+    timezone: str = Field(default=DEFAULTS.timezone,
+                          description="BACKUP_TIMEZONE, for archive names")
+    retention_days: int = Field(default=DEFAULTS.retention_days,
+                                description="BACKUP_RETENTION_DAYS")
+    retention_min_count: int = Field(default=DEFAULTS.retention_min_count,
+                                     description="BACKUP_RETENTION_MIN_COUNT")
+    min_size_mb: float = Field(default=DEFAULTS.min_size_mb, description="BACKUP_MIN_SIZE_MB")
+    max_size_mb: float = Field(default=DEFAULTS.max_size_mb, description="BACKUP_MAX_SIZE_MB")
+    disk_reserve_mb: int = Field(default=DEFAULTS.disk_reserve_mb,
+                                 description="BACKUP_DISK_RESERVE_MB")
     outbox_dir: str | None = Field(default=None, description="BACKUP_OUTBOX_DIR")
 
     _run_id: str | None = PrivateAttr(default=None)
