@@ -15,6 +15,7 @@ import dagster as dg
 
 from backup_pipeline.alerts import (
     ALERT_ATTEMPTS_TAG,
+    ALERT_RUN_TAG,
     ALERT_SENDING_SINCE_TAG,
     ALERT_TAG,
     troubleshooting,
@@ -66,13 +67,18 @@ def undelivered_alerts(instance: dg.DagsterInstance, since: float) -> list[str]:
         for record in records:
             # Not the update time: every attempt updates the run's tags, which would keep an
             # undeliverable alert in the window forever.
-            if (record.end_time or 0) < since:
+            if (record.end_time or 0) < since or not _own_alert(record.dagster_run):
                 continue
             started = float(record.dagster_run.tags.get(ALERT_SENDING_SINCE_TAG) or 0)
             if state == "sending" and time.time() - started < SENDING_STALE_SECONDS:
                 continue
             pending.append(record.dagster_run.run_id)
     return pending
+
+
+def _own_alert(run: dg.DagsterRun) -> bool:
+    """Whether the run's alert tags are its own, not inherited from the run it retries."""
+    return run.tags.get(ALERT_RUN_TAG) == run.run_id
 
 
 def send_failure_alert(instance: dg.DagsterInstance, mailer: Mailer, settings: Settings,
@@ -88,9 +94,11 @@ def send_failure_alert(instance: dg.DagsterInstance, mailer: Mailer, settings: S
     if run is None:
         return False
     retried = will_be_retried(instance, run)
-    if not resend and (run.tags.get(ALERT_TAG) or (retried and kind != "dead_run")):
+    own = _own_alert(run)
+    if not resend and ((own and run.tags.get(ALERT_TAG)) or (retried and kind != "dead_run")):
         return False
-    instance.add_run_tags(run_id, {ALERT_TAG: "sending",
+    attempts_before = int(run.tags.get(ALERT_ATTEMPTS_TAG, "0")) if own else 0
+    instance.add_run_tags(run_id, {ALERT_TAG: "sending", ALERT_RUN_TAG: run_id,
                                    ALERT_SENDING_SINCE_TAG: str(int(time.time()))})
     job = run.job_name if not run.job_name.startswith("__") else "asset materialization"
     failure = FailureInfo(
@@ -103,7 +111,6 @@ def send_failure_alert(instance: dg.DagsterInstance, mailer: Mailer, settings: S
     try:
         ok = mailer.send(failure_email(mailer, failure), kind="failure", retry=not resend).ok
     finally:
-        attempts = int(run.tags.get(ALERT_ATTEMPTS_TAG, "0")) + 1
         instance.add_run_tags(run_id, {ALERT_TAG: "sent" if ok else "failed",
-                                       ALERT_ATTEMPTS_TAG: str(attempts)})
+                                       ALERT_ATTEMPTS_TAG: str(attempts_before + 1)})
     return ok

@@ -6,6 +6,8 @@ alert for the same kind of problem gives the same advice.
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Sequence
 from typing import ClassVar
 
 from backup_pipeline.settings import Settings
@@ -19,6 +21,9 @@ RERUN = ("dg launch --job backup_job (in the project folder; in the stack: docke
 DEAD_RUN_PHRASE = "stopped sending heartbeats"
 
 ALERT_TAG = "backup_pipeline/alert"
+# The run the alert tags were set for: a retried run inherits its parent's tags, and must not
+# take the parent's alert for its own.
+ALERT_RUN_TAG = "backup_pipeline/alert_run"
 # How often the run's alert was tried: the undelivered-alert sensor sends it again.
 ALERT_ATTEMPTS_TAG = "backup_pipeline/alert_attempts"
 ALERT_SENDING_SINCE_TAG = "backup_pipeline/alert_sending_since"
@@ -33,6 +38,12 @@ class KindOfFailure:
     kind: ClassVar[str] = "backup"
 
 
+# A full disk raised as a plain OSError (writing the staging files or the archive): its errno
+# as Python writes it into the message of an error read back from the run's events.
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+_DISK_FULL_TEXT = tuple(f"[Errno {number}]" for number in _DISK_FULL)
+
+
 def _kinds_by_class_name() -> dict[str, str]:
     found, pending = {}, list(KindOfFailure.__subclasses__())
     while pending:
@@ -42,12 +53,31 @@ def _kinds_by_class_name() -> dict[str, str]:
     return found
 
 
-def failure_kind(error_class: str, message: str = "") -> str:
-    """The kind of a failure from its exception's class name, or a dead run (run monitoring
-    fails it with DEAD_RUN_PHRASE, and no exception)."""
+def kind_of(error: BaseException | None) -> str:
+    """The kind of the exception a step raised, or of the first one in its chain that has
+    one (a KindOfFailure, or a full disk)."""
+    while error is not None:
+        if isinstance(error, KindOfFailure):
+            return error.kind
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            return "disk"
+        error = error.__cause__ or error.__context__
+    return "backup"
+
+
+def failure_kind(errors: Sequence[tuple[str, str]], message: str = "") -> str:
+    """The kind of a failure read back from a run's events: `errors` are (class name,
+    message) of the error and its causes, outermost first (Dagster wraps what a step raised);
+    a dead run has no error, only the run monitoring's DEAD_RUN_PHRASE in `message`."""
     if DEAD_RUN_PHRASE in message:
         return "dead_run"
-    return _kinds_by_class_name().get(error_class, "backup")
+    kinds = _kinds_by_class_name()
+    for error_class, text in errors:
+        if error_class in kinds:
+            return kinds[error_class]
+        if error_class == "OSError" and any(full in text for full in _DISK_FULL_TEXT):
+            return "disk"
+    return "backup"
 
 
 def troubleshooting(kind: str, settings: Settings, retried: bool = False) -> list[str]:
@@ -108,4 +138,4 @@ def troubleshooting(kind: str, settings: Settings, retried: bool = False) -> lis
             f"Run the backup again: {RERUN}",
         ],
     }
-    return steps[kind]
+    return steps.get(kind, steps["backup"])

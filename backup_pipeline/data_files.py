@@ -5,12 +5,16 @@ restored database, which must give the bytes whose SHA-256 the manifest holds.
 
 from __future__ import annotations
 
+from psycopg import sql
+
 from backup_pipeline import layout
 
 
-def quote_identifier(identifier: str) -> str:
-    """An SQL identifier, always double-quoted (psql meta-commands need it spelled out)."""
-    return '"' + identifier.replace('"', '""') + '"'
+def quote_identifier(*parts: str) -> str:
+    """A (schema-qualified) SQL identifier as text, always double-quoted: psycopg's
+    sql.Identifier, the project's one quoting, for text that leaves psycopg (data files, psql
+    meta-commands, a regclass parameter)."""
+    return sql.Identifier(*parts).as_string(None)
 
 
 def sql_data_header(schema: str, name: str, columns: list[str] | tuple[str, ...]) -> str:
@@ -20,7 +24,7 @@ def sql_data_header(schema: str, name: str, columns: list[str] | tuple[str, ...]
         f"--\n-- backup_pipeline: data of table {schema}.{name}\n--\n\n"
         "SET client_encoding = 'UTF8';\n"
         "SET standard_conforming_strings = on;\n\n"
-        f"COPY {quote_identifier(schema)}.{quote_identifier(name)} ({column_text}) "
+        f"COPY {quote_identifier(schema, name)} ({column_text}) "
         "FROM stdin;\n"
     )
 

@@ -32,8 +32,8 @@ from typing import BinaryIO
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from backup_pipeline import layout
+from backup_pipeline.files import BLOCK_SIZE
 
-CHUNK = 1 << 20
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_CONNECTIONS = 32
 # A blocked send wakes only once a third of the socket's send buffer has drained, and Linux
@@ -270,7 +270,7 @@ def make_handler(backup_dir: Path, secret: str, timeout: float = DEFAULT_TIMEOUT
             sent = 0
             try:
                 while sent < length:
-                    block = memoryview(handle.read(min(CHUNK, length - sent)))
+                    block = memoryview(handle.read(min(BLOCK_SIZE, length - sent)))
                     if not block:
                         break
                     while block:

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
+from backup_pipeline.data_files import quote_identifier
+
 if TYPE_CHECKING:  # settings imports Dagster; the queries here serve restore, which does not
     from backup_pipeline.settings import Settings
 
@@ -496,7 +498,7 @@ def _resolve(conn: psycopg.Connection, name: str, variable: str) -> TableInfo:
 
 
 def _regclass_text(name: str) -> str:
-    return ".".join(f'"{part}"' for part in name.split("."))
+    return quote_identifier(*name.split("."))
 
 
 def _check_timestamp_column(conn: psycopg.Connection, table: TableInfo, column: str) -> None:

@@ -14,6 +14,10 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
+# Every stream of the project (COPY, compression, tar, hashing, verification, downloads) reads
+# and writes blocks of this size: large enough that per-block overhead vanishes, small enough
+# that memory stays flat however large a table is.
+BLOCK_SIZE = 1 << 20
 PRIVATE = 0o600
 PRIVATE_DIR = 0o700
 

@@ -19,7 +19,7 @@ import time
 import dagster as dg
 
 from backup_pipeline.alerting import run_url, send_failure_alert
-from backup_pipeline.alerts import EMAIL_TAG
+from backup_pipeline.alerts import EMAIL_TAG, kind_of
 from backup_pipeline.assets.restore_proof import ProvenArchive
 from backup_pipeline.assets.status import STATUS_OUTPUT
 from backup_pipeline.emails.render import success_email, summary_from_manifest
@@ -63,7 +63,7 @@ def build_hooks(settings: Settings) -> tuple[dg.HookDefinition, dg.HookDefinitio
         text = f"{type(error).__name__}: {error}" if error else "the step failed"
         sent = send_failure_alert(context.instance, context.resources.mailer, settings,
                                   context.run_id, context.op.name, text,
-                                  getattr(error, "kind", "backup"))
+                                  kind_of(error))
         if sent:
             context.log.info("failure alert sent")
 

@@ -21,8 +21,9 @@ from typing import IO, Protocol
 
 from isal import isal_zlib
 
+from backup_pipeline.files import BLOCK_SIZE
+
 PG_DUMP_COMPLETE = "-- PostgreSQL database dump complete"
-COPY_BLOCK = 1 << 20
 
 
 class PgDumpError(RuntimeError):
@@ -177,7 +178,7 @@ def psql_copy_out(psql: Path, env: dict[str, str], query: str, writer: BlockSink
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=messages)
         try:
             assert process.stdout is not None
-            for block in iter(lambda: process.stdout.read(COPY_BLOCK), b""):
+            for block in iter(lambda: process.stdout.read(BLOCK_SIZE), b""):
                 writer.write(block)
             process.wait()
         finally:

@@ -41,8 +41,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from backup_pipeline import layout
+from backup_pipeline.data_files import quote_identifier
 from backup_pipeline.export_plan import table_source
 from backup_pipeline.files import make_private_dirs, open_private
+from backup_pipeline.manifest import Manifest, TableEntry
 from backup_pipeline.pg import reader_settings
 from backup_pipeline.restore_checks import compare_content, invalid_constraints, sequences_behind
 from backup_pipeline.restore_load import LoadError, copy_rows, load_archive
@@ -269,17 +271,17 @@ def _replace_statements(conn: psycopg.Connection) -> str:
             "GRANT USAGE ON SCHEMA public TO PUBLIC;")
 
 
-def compare_counts(conn: psycopg.Connection, manifest: dict) -> list[TableComparison]:
+def compare_counts(conn: psycopg.Connection, manifest: Manifest) -> list[TableComparison]:
     """Each table's row count against the manifest's."""
     tables = []
-    for entry in manifest["tables"]:
-        schema, name = entry["table"].split(".", 1)
+    for entry in manifest.tables:
+        schema, name = entry.schema, entry.name
         partitioned = conn.execute(
             "SELECT relkind = 'p' FROM pg_class WHERE oid = %s::regclass",
             (sql.Identifier(schema, name).as_string(conn),)).fetchone()[0]
         count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
             table_source(schema, name, partitioned))).fetchone()[0]
-        tables.append(TableComparison(entry["table"], entry["rows"], count))
+        tables.append(TableComparison(entry.table, entry.rows, count))
     return tables
 
 
@@ -314,11 +316,11 @@ def check_roles(conn: psycopg.Connection, roles: list[Role], target: str) -> lis
     return missing
 
 
-def full_restore(workdir: Path, dsn: str, manifest: dict, force: bool, no_owner: bool,
+def full_restore(workdir: Path, dsn: str, manifest: Manifest, force: bool, no_owner: bool,
                  progress: Progress) -> list[str]:
     """Everything in one transaction; returns the roles it created."""
     target = describe_target(dsn)
-    roles = [] if no_owner else [Role.from_json(r) for r in manifest.get("roles", [])]
+    roles = [] if no_owner else list(manifest.roles)
     with psycopg.connect(dsn, connect_timeout=10) as conn:
         present = existing_tables(conn)
         if present and not force:
@@ -350,12 +352,12 @@ def full_restore(workdir: Path, dsn: str, manifest: dict, force: bool, no_owner:
     return [role.name for role in missing]
 
 
-def compare_restored(dsn: str, manifest: dict, report: RestoreReport) -> None:
+def compare_restored(dsn: str, manifest: Manifest, report: RestoreReport) -> None:
     """Counts, content, constraints and sequences of a full restore against the archive."""
     with psycopg.connect(dsn) as conn:
         report.tables = compare_counts(conn, manifest)
         report.invalid_constraints = invalid_constraints(
-            conn, manifest.get("not_valid_constraints", []))
+            conn, manifest.not_valid_constraints)
         report.sequences_behind = sequences_behind(conn)
     content = {r.table: r for r in compare_content(_libpq_env(dsn), manifest,
                                                    reader_settings(60))}
@@ -369,19 +371,19 @@ def _primary_key(conn: psycopg.Connection, schema: str, name: str) -> list[str]:
         "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
         "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
         "ORDER BY array_position(i.indkey, a.attnum)",
-        (f'"{schema}"."{name}"',))]
+        (quote_identifier(schema, name),))]
 
 
-def merge_table(conn: psycopg.Connection, workdir: Path, entry: dict) -> TableComparison:
+def merge_table(conn: psycopg.Connection, workdir: Path, entry: TableEntry) -> TableComparison:
     """Upsert the archive's rows of one table by primary key; nothing else is touched."""
-    schema, name = entry["table"].split(".", 1)
+    schema, name = entry.schema, entry.name
     key = _primary_key(conn, schema, name)
     if not key:
         raise RestoreError(
-            f"{entry['table']} has no primary key, so its rows cannot be merged: restore the "
+            f"{entry.table} has no primary key, so its rows cannot be merged: restore the "
             f"whole archive into a scratch database and copy the rows from there."
         )
-    columns = entry["columns"]
+    columns = list(entry.columns)
     target = sql.Identifier(schema, name)
     staging = sql.Identifier(f"_restore_{name}")
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
@@ -410,7 +412,7 @@ def merge_table(conn: psycopg.Connection, workdir: Path, entry: dict) -> TableCo
     total = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()[0]
     note = (f"({inserted} inserted, {len(merged) - inserted} updated, "
             f"{total - present} newer rows kept)")
-    return TableComparison(entry["table"], entry["rows"], present, note)
+    return TableComparison(entry.table, entry.rows, present, note)
 
 
 def _advance_sequences(conn: psycopg.Connection, schema: str, name: str) -> None:
@@ -419,7 +421,7 @@ def _advance_sequences(conn: psycopg.Connection, schema: str, name: str) -> None
         "SELECT a.attname, pg_get_serial_sequence(%s, a.attname) FROM pg_attribute a "
         "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
         "AND pg_get_serial_sequence(%s, a.attname) IS NOT NULL",
-        (f'"{schema}"."{name}"',) * 3,
+        (quote_identifier(schema, name),) * 3,
     ).fetchall():
         conn.execute(sql.SQL(
             "SELECT setval({seq}, greatest((SELECT max({col}) FROM {tbl}), "
@@ -429,23 +431,23 @@ def _advance_sequences(conn: psycopg.Connection, schema: str, name: str) -> None
                 seq_ident=sql.SQL(sequence)))
 
 
-def partial_restore(workdir: Path, dsn: str, manifest: dict, tables: list[str],
+def partial_restore(workdir: Path, dsn: str, manifest: Manifest, tables: list[str],
                     progress: Progress) -> list[TableComparison]:
     by_name: dict[str, dict] = {}
-    for entry in manifest["tables"]:
-        by_name[entry["table"]] = entry
-        by_name.setdefault(entry["table"].removeprefix("public."), entry)
+    for entry in manifest.tables:
+        by_name[entry.table] = entry
+        by_name.setdefault(entry.table.removeprefix("public."), entry)
     unknown = [t for t in tables if t not in by_name]
     if unknown:
         raise RestoreError(
             f"{', '.join(unknown)} is not in this archive; it holds "
-            f"{', '.join(e['table'] for e in manifest['tables'])}."
+            f"{', '.join(e.table for e in manifest.tables)}."
         )
     results = []
     try:
         with psycopg.connect(dsn, connect_timeout=10) as conn, conn.transaction():
             for table in tables:
-                progress(f"merging {by_name[table]['table']} by primary key")
+                progress(f"merging {by_name[table].table} by primary key")
                 results.append(merge_table(conn, workdir, by_name[table]))
     except (psycopg.Error, LoadError, ManifestError) as error:
         raise RestoreError(
@@ -455,15 +457,14 @@ def partial_restore(workdir: Path, dsn: str, manifest: dict, tables: list[str],
     return results
 
 
-def config_files(manifest: dict | None) -> list[PurePosixPath]:
+def config_files(manifest: Manifest | None) -> list[PurePosixPath]:
     """The manifest's files under config/, relative to it: the files --config-to writes. Only
     those, and only paths that stay inside the folder; a manifest not yet verified (or not one at
     all) gives what it can."""
     found = []
-    for entry in (manifest or {}).get("files", []):
-        path = entry.get("path") if isinstance(entry, dict) else None
-        if isinstance(path, str) and path.startswith(f"{layout.CONFIG_DIR}/") \
-                and ".." not in PurePosixPath(path).parts:
+    for entry in manifest.files if manifest else ():
+        path = entry.path
+        if path.startswith(f"{layout.CONFIG_DIR}/") and ".." not in PurePosixPath(path).parts:
             found.append(PurePosixPath(path).relative_to(layout.CONFIG_DIR))
     return found
 
@@ -501,7 +502,7 @@ def unwritable_config_reason(target: Path, files: list[PurePosixPath]) -> str | 
     return None
 
 
-def write_config(workdir: Path, manifest: dict, target: Path) -> Iterator[str]:
+def write_config(workdir: Path, manifest: Manifest, target: Path) -> Iterator[str]:
     """Copy config/ out as it was, private (0600 files, 0700 folders), never through a link;
     yields each file's name once it is written. Each file replaces the one of its name whole,
     through a temporary file beside it: a write that fails (a full disk) leaves no half file.
@@ -524,7 +525,7 @@ def write_config(workdir: Path, manifest: dict, target: Path) -> Iterator[str]:
         yield str(relative)
 
 
-def _write_config_after_restore(workdir: Path, manifest: dict, target: Path,
+def _write_config_after_restore(workdir: Path, manifest: Manifest, target: Path,
                                 report: RestoreReport, progress: Progress) -> None:
     """write_config, after the database was committed: a failure now is reported in `report`,
     never raised, for the restore it would seem to fail is done and stands."""
@@ -542,12 +543,12 @@ def _write_config_after_restore(workdir: Path, manifest: dict, target: Path,
         progress(f"wrote {len(report.config_written)} config files to {target}")
 
 
-def _extracted(archive: Path, workdir: Path, listed: dict | None, progress: Progress) -> dict:
+def _extracted(archive: Path, workdir: Path, listed: Manifest | None, progress: Progress
+               ) -> Manifest:
     """Verify and extract into `workdir` (in TMPDIR): a full TMPDIR is named, with the room the
     archive needs, before it is filled if the manifest (`listed`, not yet verified) says so, or
     as soon as a write fails."""
-    needed = sum(f["size"] for f in (listed or {}).get("files", [])
-                 if isinstance(f, dict) and isinstance(f.get("size"), int))
+    needed = listed.data_bytes if listed else 0
     free = shutil.disk_usage(workdir).free
     if needed > free:
         raise RestoreError(_no_room(workdir, needed, free))
@@ -567,7 +568,7 @@ def _no_room(workdir: Path, needed: int, free: int) -> str:
             f"Point TMPDIR at a folder with room: TMPDIR=/var/tmp backup-pipeline restore ...")
 
 
-def _refuse_unwritable_config(archive: Path, target: Path, listed: dict | None) -> None:
+def _refuse_unwritable_config(archive: Path, target: Path, listed: Manifest | None) -> None:
     reason = unwritable_config_reason(target, config_files(listed))
     if reason:
         raise RestoreError(
@@ -603,10 +604,10 @@ def restore_archive(archive: Path, target_dsn: str, *, force: bool = False,
             report.tables = partial_restore(workdir, target_dsn, manifest, tables, progress)
             with psycopg.connect(target_dsn) as conn:
                 report.invalid_constraints = invalid_constraints(
-                    conn, manifest.get("not_valid_constraints", []))
+                    conn, manifest.not_valid_constraints)
         else:
             report.locale_note = ensure_database(target_dsn, progress,
-                                                 manifest.get("database_locale"))
+                                                 manifest.database_locale)
             loading = time.monotonic()
             report.roles_created = full_restore(workdir, target_dsn, manifest, force, no_owner,
                                                 progress)

@@ -15,6 +15,7 @@ every sequence must hand out a value past the rows its column already has.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,7 @@ from psycopg import sql
 
 from backup_pipeline.data_files import sql_data_header, sql_data_trailer
 from backup_pipeline.export_plan import OrderColumn, TableShape, not_valid_constraints
+from backup_pipeline.manifest import Manifest, TableEntry
 from backup_pipeline.pg import HashingWriter, find_pg_binary, psql_copy_out, reader_env
 
 # The restored side is read by sequential scans only (the order the rows were loaded in) and
@@ -45,25 +47,22 @@ class ContentResult:
     problem: str | None
 
 
-def shape_of(entry: dict) -> TableShape:
+def shape_of(entry: TableEntry) -> TableShape:
     """The manifest's description of a table, as the export's queries take it."""
-    schema, name = entry["table"].split(".", 1)
-    return TableShape(schema, name, bool(entry["partitioned"]),
-                      tuple(str(c) for c in entry["columns"]),
-                      tuple(OrderColumn(str(c["column"]), bool(c["collatable"]))
-                            for c in entry["order"]))
+    return TableShape(entry.schema, entry.name, entry.partitioned, entry.columns,
+                      tuple(OrderColumn(c.column, c.collatable) for c in entry.order or ()))
 
 
-def _read_back(entry: dict, cutoff: datetime, run) -> tuple[int, HashingWriter]:
+def _read_back(entry: TableEntry, cutoff: datetime, run) -> tuple[int, HashingWriter]:
     """The table's file as the export would write it from the restored database."""
     shape = shape_of(entry)
     writer = HashingWriter(None)
-    if entry["kind"] == "critical":
+    if not entry.windowed:
         writer.write(sql_data_header(shape.schema, shape.name, shape.columns).encode())
         rows = run(shape.all_rows(), writer, csv=False, header=False)
         writer.write(sql_data_trailer(rows).encode())
         return rows, writer
-    column = entry["timestamp_column"]
+    column = entry.timestamp_column
     rows = run(shape.window_rows(column, cutoff), writer, csv=True, header=True)
     rows += run(shape.rows_before_window(column, cutoff), writer, csv=True, header=False)
     return rows, writer
@@ -74,7 +73,7 @@ def _read_back(entry: dict, cutoff: datetime, run) -> tuple[int, HashingWriter]:
 READ_BACK_WORKERS = max(2, min(4, os.cpu_count() or 1))
 
 
-def compare_content(env: dict[str, str], manifest: dict, settings: dict[str, str]
+def compare_content(env: dict[str, str], manifest: Manifest, settings: dict[str, str]
                     ) -> list[ContentResult]:
     """Each table of the manifest read back (through psql, with `env`: the target and its
     password in PGPASSWORD) against its file's size and SHA-256, several tables at once.
@@ -82,8 +81,8 @@ def compare_content(env: dict[str, str], manifest: dict, settings: dict[str, str
     `settings` are the export's reader settings. Archives made before format 2 lack what the
     read-back needs: their tables get no digest comparison (the row counts are still compared).
     """
-    files = {f["path"]: f for f in manifest["files"]}
-    cutoff = datetime.fromisoformat(manifest["window"]["cutoff"])
+    files = {f.path: f for f in manifest.files}
+    cutoff = datetime.fromisoformat(manifest.window.cutoff)
     psql = find_pg_binary("psql")
     session_env = {**env, **reader_env({**settings, **_READ_BACK_SETTINGS})}
 
@@ -92,27 +91,30 @@ def compare_content(env: dict[str, str], manifest: dict, settings: dict[str, str
         return psql_copy_out(psql, session_env, query.as_string(None), writer, csv=csv,
                              header=header, where="the restored database")
 
-    def compare(entry: dict) -> ContentResult:
-        if "order" not in entry:
-            return ContentResult(entry["table"], -1, None)
-        expected = files[entry["path"]]
+    def compare(entry: TableEntry) -> ContentResult:
+        if entry.order is None:
+            return ContentResult(entry.table, -1, None)
+        expected = files.get(entry.path)
+        if expected is None:
+            return ContentResult(entry.table, -1, f"the manifest lists no file {entry.path}")
         try:
             rows, writer = _read_back(entry, cutoff, run)
         except RuntimeError as error:
-            return ContentResult(entry["table"], -1,
+            return ContentResult(entry.table, -1,
                                  f"it could not be read back to compare: {error}")
         problem = None
-        if (writer.size, writer.sha256) != (expected["size"], expected["sha256"]):
-            problem = (f"its content differs from {entry['path']} in the archive (read back "
+        if (writer.size, writer.sha256) != (expected.size, expected.sha256):
+            problem = (f"its content differs from {entry.path} in the archive (read back "
                        f"{writer.size} bytes, SHA-256 {writer.sha256[:16]}...; the archive "
-                       f"holds {expected['size']} bytes, {expected['sha256'][:16]}...)")
-        return ContentResult(entry["table"], rows, problem)
+                       f"holds {expected.size} bytes, {expected.sha256[:16]}...)")
+        return ContentResult(entry.table, rows, problem)
 
     with ThreadPoolExecutor(max_workers=READ_BACK_WORKERS) as pool:
-        return list(pool.map(compare, manifest["tables"]))
+        return list(pool.map(compare, manifest.tables))
 
 
-def invalid_constraints(conn: psycopg.Connection, not_valid_in_source: list[str]) -> list[str]:
+def invalid_constraints(conn: psycopg.Connection, not_valid_in_source: Collection[str]
+                        ) -> list[str]:
     """Check and foreign-key constraints PostgreSQL does not hold valid, but for those the
     source database itself held NOT VALID (they are restored as they were)."""
     allowed = set(not_valid_in_source)

@@ -25,7 +25,8 @@ from psycopg import sql
 
 from backup_pipeline import layout
 from backup_pipeline.data_files import sql_data_header, sql_data_trailer
-from backup_pipeline.pg import COPY_BLOCK
+from backup_pipeline.files import BLOCK_SIZE
+from backup_pipeline.manifest import Manifest, TableEntry
 from backup_pipeline.pg_script import is_ownership_or_privilege, statements
 from backup_pipeline.restore_script import ManifestError, checked_path
 from backup_pipeline.roles import Role, create_missing_roles_sql
@@ -79,56 +80,56 @@ def _stream(copy: psycopg.Copy, path: Path, start: int, length: int) -> None:
         handle.seek(start)
         left = length
         while left > 0:
-            block = handle.read(min(COPY_BLOCK, left))
+            block = handle.read(min(BLOCK_SIZE, left))
             if not block:
                 break
             copy.write(block)
             left -= len(block)
 
 
-def _rows_range(path: Path, entry: dict) -> tuple[int, int]:
+def _rows_range(path: Path, entry: TableEntry) -> tuple[int, int]:
     """Where a table's rows are in its file: all of a CSV (COPY skips its header); in a critical
     table's file, what lies between the export's header and its trailer, which must be exactly
     those the manifest's names and row count give."""
     size = path.stat().st_size
-    if entry["kind"] == "transactions":
+    if entry.windowed:
         return 0, size
-    schema, name = entry["table"].split(".", 1)
-    header = sql_data_header(schema, name, entry["columns"]).encode()
-    trailer = sql_data_trailer(int(entry["rows"])).encode()
+    header = sql_data_header(entry.schema, entry.name, entry.columns).encode()
+    trailer = sql_data_trailer(entry.rows).encode()
     with path.open("rb") as handle:
         starts = handle.read(len(header))
         handle.seek(max(0, size - len(trailer)))
         ends = handle.read()
     if starts != header or ends != trailer:
         raise LoadError(f"{path.name} does not hold exactly the export's COPY data of "
-                        f"{entry['table']} ({entry['rows']} rows): do not use this archive.")
+                        f"{entry.table} ({entry.rows} rows): do not use this archive.")
     return len(header), size - len(header) - len(trailer)
 
 
-def copy_rows(cur: psycopg.Cursor, workdir: Path, entry: dict, into: sql.Composable) -> None:
+def copy_rows(cur: psycopg.Cursor, workdir: Path, entry: TableEntry, into: sql.Composable
+              ) -> None:
     """Stream the rows of one table's file (only them: see `_rows_range`) into `into`, a table
     of the same columns: the table itself, or a partial restore's staging table."""
     path = workdir / checked_path(entry)
     start, length = _rows_range(path, entry)
-    options = " WITH (FORMAT csv, HEADER)" if entry["kind"] == "transactions" else ""
+    options = " WITH (FORMAT csv, HEADER)" if entry.windowed else ""
     statement = sql.SQL("COPY {} ({}) FROM STDIN" + options).format(
-        into, sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"]))
+        into, sql.SQL(", ").join(sql.Identifier(c) for c in entry.columns))
     with cur.copy(statement) as copy:
         _stream(copy, path, start, length)
 
 
-def _load_table(conn: psycopg.Connection, workdir: Path, entry: dict) -> None:
-    schema, name = entry["table"].split(".", 1)
+def _load_table(conn: psycopg.Connection, workdir: Path, entry: TableEntry) -> None:
     try:
         with conn.cursor() as cur:
-            copy_rows(cur, workdir, entry, sql.Identifier(schema, name))
+            copy_rows(cur, workdir, entry, sql.Identifier(entry.schema, entry.name))
     except psycopg.Error as error:
-        raise LoadError(f"loading {entry['table']} from {entry['path']} failed: "
+        raise LoadError(f"loading {entry.table} from {entry.path} failed: "
                         f"{str(error).strip()}") from None
 
 
-def load_archive(conn: psycopg.Connection, workdir: Path, manifest: dict, *, roles: list[Role],
+def load_archive(conn: psycopg.Connection, workdir: Path, manifest: Manifest, *,
+                 roles: list[Role] | tuple[Role, ...],
                  no_owner: bool, replace: str, progress: Progress) -> None:
     """Everything, in order, inside the caller's transaction on `conn`: `replace` (dropping
     what --force replaces), the missing roles, the schema, every table, the sequence positions,
@@ -139,7 +140,7 @@ def load_archive(conn: psycopg.Connection, workdir: Path, manifest: dict, *, rol
         progress(f"  {text}  ({time.monotonic() - started:.1f} s)")
 
     try:
-        for entry in manifest["tables"]:
+        for entry in manifest.tables:
             checked_path(entry)
     except ManifestError as error:
         raise LoadError(str(error)) from None
@@ -151,12 +152,12 @@ def load_archive(conn: psycopg.Connection, workdir: Path, manifest: dict, *, rol
     step("schema: tables, types, functions, sequences"
          + ("" if no_owner else ", owners and privileges"))
     _run_sql_file(conn, workdir, layout.SCHEMA_PRE_DATA, no_owner=no_owner, allowed=_schema_sql)
-    for kind, title in (("critical", "critical tables"), ("transactions", "transactions")):
+    for windowed, title in ((False, "critical tables"), (True, "transactions")):
         step(title)
-        for entry in manifest["tables"]:
-            if entry["kind"] == kind:
+        for entry in manifest.tables:
+            if entry.windowed == windowed:
                 _load_table(conn, workdir, entry)
-                step(f"  {entry['table']}: {entry['rows']} rows")
+                step(f"  {entry.table}: {entry.rows} rows")
     step("sequence positions, indexes, constraints and foreign keys")
     _run_sql_file(conn, workdir, layout.SEQUENCES, no_owner=no_owner,
                   allowed=lambda text: text.startswith("SET ") or bool(_SETVAL.match(text)))

@@ -25,6 +25,7 @@ import psycopg
 
 from backup_pipeline import layout
 from backup_pipeline.alerts import KindOfFailure
+from backup_pipeline.manifest import Manifest
 from backup_pipeline.restore import (
     RestoreError,
     RestoreReport,
@@ -74,20 +75,20 @@ class ProofResult:
                 f"tables, {self.rows} rows, into {self.target}{note})")
 
 
-def server_major(manifest: dict) -> int:
-    match = re.match(r"(\d+)", str(manifest.get("server_version", "")))
+def server_major(manifest: Manifest) -> int:
+    match = re.match(r"(\d+)", manifest.server_version)
     if not match:
         raise RestoreProofError(f"the manifest names no server version "
-                                f"({manifest.get('server_version')!r}): cannot pick a server")
+                                f"({manifest.server_version!r}): cannot pick a server")
     return int(match.group(1))
 
 
-def _check_room(manifest: dict, *, with_server: bool) -> None:
+def _check_room(manifest: Manifest, *, with_server: bool) -> None:
     """The extracted files (and, for the throwaway server, the restored database: about twice
     the data, with its indexes) and a margin must fit in the temporary folder: say so before
     starting, naming the folder."""
     folder = Path(tempfile.gettempdir())
-    data = sum(int(f["size"]) for f in manifest["files"])
+    data = manifest.data_bytes
     needed = (3 if with_server else 1) * data + 64 * layout.MB
     free = shutil.disk_usage(folder).free
     if free < needed:
@@ -101,7 +102,7 @@ def _check_room(manifest: dict, *, with_server: bool) -> None:
             + ".")
 
 
-def prove_archive(archive: Path, manifest: dict, *, scratch_dsn: str | None = None,
+def prove_archive(archive: Path, manifest: Manifest, *, scratch_dsn: str | None = None,
                   progress: Progress = print) -> ProofResult:
     """Restore `archive` into a throwaway server (or `scratch_dsn`, dropped first) with
     `restore_archive`, compare it, and raise RestoreProofError naming what did not hold."""

@@ -12,25 +12,24 @@ from pathlib import Path
 
 from backup_pipeline import layout
 from backup_pipeline.data_files import quote_identifier
+from backup_pipeline.manifest import ManifestError, TableEntry
+
+__all__ = ["ManifestError", "checked_path", "count_query", "restore_script"]
 
 
-class ManifestError(ValueError):
-    """The manifest names something the archive's layout does not allow."""
-
-
-def checked_path(table: dict, key: str = "path") -> str:
-    """The table's file (`psql_data_path`: a window's copy for psql), which must be where the
+def checked_path(table: TableEntry, psql_copy: bool = False) -> str:
+    """The table's file (`psql_copy`: a window's copy for psql), which must be where the
     layout keeps it: nothing else is read."""
-    expected = (layout.csv_path(table["table"])
-                if table["kind"] == "transactions" and key == "path"
-                else layout.dump_path(table["table"]))
-    if table[key] != expected or "'" in expected or "\n" in table["table"]:
-        raise ManifestError(f"the manifest puts table {table['table']!r} at {table[key]!r}, "
+    given = table.psql_data_path if psql_copy else table.path
+    expected = (layout.csv_path(table.table) if table.windowed and not psql_copy
+                else layout.dump_path(table.table))
+    if given != expected or "'" in expected or "\n" in table.table:
+        raise ManifestError(f"the manifest puts table {table.table!r} at {given!r}, "
                             f"not where this layout keeps it: refusing the archive")
     return expected
 
 
-def restore_script(tables: list[dict], *, roles: bool = True) -> str:
+def restore_script(tables: tuple[TableEntry, ...], *, roles: bool = True) -> str:
     """Everything, in an order that works: the roles named in the schema (created only where
     missing), the schema, the data, then sequence positions, indexes and constraints."""
     steps = 5 if roles else 4
@@ -48,20 +47,19 @@ def restore_script(tables: list[dict], *, roles: bool = True) -> str:
               f"\\ir {Path(layout.SCHEMA_PRE_DATA).name}",
               f"\\echo '{next(step)}/{steps} critical tables'"]
     for table in tables:
-        if table["kind"] == "critical":
-            lines += [f"\\echo '    {table['table']}'", f"\\ir {Path(checked_path(table)).name}"]
+        if not table.windowed:
+            lines += [f"\\echo '    {table.table}'", f"\\ir {Path(checked_path(table)).name}"]
     lines.append(f"\\echo '{next(step)}/{steps} transactions'")
     for table in tables:
-        if table["kind"] == "transactions" and table.get("psql_data_path"):
-            lines += [f"\\echo '    {table['table']}'",
-                      f"\\ir {Path(checked_path(table, 'psql_data_path')).name}"]
-        elif table["kind"] == "transactions":
+        if table.windowed and table.psql_data_path:
+            lines += [f"\\echo '    {table.table}'",
+                      f"\\ir {Path(checked_path(table, psql_copy=True)).name}"]
+        elif table.windowed:
             path = checked_path(table)
-            schema, name = table["table"].split(".", 1)
-            columns = ", ".join(quote_identifier(c) for c in table["columns"])
+            columns = ", ".join(quote_identifier(c) for c in table.columns)
             lines += [
-                f"\\echo '    {table['table']}'",
-                f"\\copy {quote_identifier(schema)}.{quote_identifier(name)} ({columns}) "
+                f"\\echo '    {table.table}'",
+                f"\\copy {quote_identifier(table.schema, table.name)} ({columns}) "
                 f"FROM '{path}' WITH (FORMAT csv, HEADER)",
             ]
     lines += [
@@ -79,8 +77,8 @@ def _sql_name(qualified: str) -> str:
     return ".".join(p if p.islower() and p.isidentifier() else f'\\"{p}\\"' for p in parts)
 
 
-def count_query(tables: list[dict]) -> str:
+def count_query(tables: tuple[TableEntry, ...]) -> str:
     """Step 5 of BACKUP_INFO.txt: every table's row count, to compare with the list."""
     return " UNION ALL ".join(
-        f"SELECT '{t['table']}' AS table_name, count(*) AS rows FROM {_sql_name(t['table'])}"
+        f"SELECT '{t.table}' AS table_name, count(*) AS rows FROM {_sql_name(t.table)}"
         for t in tables)

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import dagster as dg
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
+from dagster._utils.error import SerializableErrorInfo
 
 from backup_pipeline.alerts import DEAD_RUN_PHRASE
 
@@ -94,7 +95,17 @@ class RunFailure(NamedTuple):
 
     step: str
     error: str
-    error_class: str = ""  # the exception's class, when a step raised one
+    # (class name, message) of the error and its causes, outermost first: Dagster wraps the
+    # exception a step raised in its own.
+    errors: tuple[tuple[str, str], ...] = ()
+
+
+def _chain(error: SerializableErrorInfo | None) -> tuple[tuple[str, str], ...]:
+    found = []
+    while error is not None:
+        found.append((error.cls_name or "", error.message or ""))
+        error = error.cause or error.context
+    return tuple(found)
 
 
 def describe_failure(instance: dg.DagsterInstance, run_id: str) -> RunFailure:
@@ -106,8 +117,7 @@ def describe_failure(instance: dg.DagsterInstance, run_id: str) -> RunFailure:
         event = failures[0].dagster_event
         error = event.event_specific_data.error
         return RunFailure(step_name(event.step_key) if event.step_key else "run",
-                          error.to_string() if error else "the step failed",
-                          error.cls_name or "" if error else "")
+                          error.to_string() if error else "the step failed", _chain(error))
     run_failed = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
     message = (run_failed[-1].message if run_failed else "") or "run failed"
     running: list[str] = []
@@ -118,9 +128,8 @@ def describe_failure(instance: dg.DagsterInstance, run_id: str) -> RunFailure:
         elif event.step_key in running:
             running.remove(event.step_key)
     step = step_name(running[-1]) if running else "the run (before any step)"
-    error = run_failed[-1].dagster_event.event_specific_data if run_failed else None
-    cause = getattr(error, "error", None)
-    return RunFailure(step, message, cause.cls_name if cause else "")
+    data = run_failed[-1].dagster_event.event_specific_data if run_failed else None
+    return RunFailure(step, message, _chain(getattr(data, "error", None)))
 
 
 class Heartbeat:

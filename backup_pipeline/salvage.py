@@ -49,12 +49,11 @@ def salvage_archive(archive: Path, folder: Path) -> SalvageReport:
     if manifest is None:
         report.unverified = sorted(verification.files)
         return report
-    for entry in manifest.get("files", []):
-        path = entry["path"]
+    for entry in manifest.files:
+        path = entry.path
         check = verification.files.get(path)
         target = folder / path
-        if check is not None and check.size == entry["size"] and \
-                check.sha256 == entry["sha256"]:
+        if check is not None and (check.size, check.sha256) == (entry.size, entry.sha256):
             report.intact.append(path)
         elif target.exists():
             target.rename(target.with_name(target.name + DAMAGED_SUFFIX))

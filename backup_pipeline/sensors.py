@@ -123,7 +123,7 @@ def build_sensors(settings: Settings, asset_keys: Collection[dg.AssetKey]
         run_id = context.dagster_run.run_id
         failure = describe_failure(context.instance, run_id)
         send_failure_alert(context.instance, mailer, settings, run_id, failure.step,
-                           failure.error, failure_kind(failure.error_class, failure.error))
+                           failure.error, failure_kind(failure.errors, failure.error))
 
     # Why: an alert that could not be sent (SMTP down, outbox disk full) must not be lost: the
     # run's tag says "failed", and this sends it again every few minutes for a day.
@@ -143,7 +143,7 @@ def build_sensors(settings: Settings, asset_keys: Collection[dg.AssetKey]
             # down for them all, and the tick must end well within the daemon's timeout.
             if not send_failure_alert(context.instance, mailer, settings, run_id, failure.step,
                                       failure.error,
-                                      failure_kind(failure.error_class, failure.error),
+                                      failure_kind(failure.errors, failure.error),
                                       resend=True):
                 waiting = len(pending) - index - 1
                 results.append(f"{run_id[:8]} still undelivered"

@@ -26,7 +26,7 @@ import queue
 import tarfile
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -34,13 +34,13 @@ from typing import BinaryIO
 from isal import igzip_lib
 
 from backup_pipeline import layout
-from backup_pipeline.files import make_private_dirs, open_private
+from backup_pipeline.files import BLOCK_SIZE, make_private_dirs, open_private
+from backup_pipeline.manifest import Manifest, ManifestError, TableEntry
 from backup_pipeline.pg import PG_DUMP_COMPLETE
 
-CHUNK = 1 << 20
 # What parsing keeps of a dump's or a CSV's start to find its first line: the COPY line or the
 # header of a table of 1,600 columns of 63-byte names is about 200 kB.
-FIRST_LINE_MAX = CHUNK
+FIRST_LINE_MAX = BLOCK_SIZE
 # The members something reads whole (this module, people, the restore), and the name of their cap
 # in layout.py.
 _CAPS = {
@@ -86,7 +86,7 @@ class ArchiveBreak:
 class VerificationReport:
     archive: Path
     size_bytes: int
-    manifest: dict | None = None
+    manifest: Manifest | None = None
     files: dict[str, FileCheck] = field(default_factory=dict)
     found: list[tuple[str, str]] = field(default_factory=list)
     broken: ArchiveBreak | None = None
@@ -133,7 +133,7 @@ class _HashingReader(io.RawIOBase):
         return n
 
     def drain(self) -> None:
-        while self.read(CHUNK):
+        while self.read(BLOCK_SIZE):
             pass
 
 
@@ -159,7 +159,7 @@ def _inflated(raw: BinaryIO) -> Iterator[bytes]:
     members = 0
     while True:
         if inflater is None or inflater.needs_input:
-            if not pending and not (pending := raw.read(CHUNK)):
+            if not pending and not (pending := raw.read(BLOCK_SIZE)):
                 break
             if inflater is None:
                 if members:  # zero bytes after a member are padding, which gzip skips too
@@ -179,9 +179,9 @@ def _inflated(raw: BinaryIO) -> Iterator[bytes]:
             start, data, pending = fed, pending, b""
             fed += len(data)
         else:
-            data = b""  # ISA-L still holds input: the output was capped at CHUNK
+            data = b""  # ISA-L still holds input: the output was capped at BLOCK_SIZE
         try:
-            block = inflater.decompress(data, CHUNK)
+            block = inflater.decompress(data, BLOCK_SIZE)
         except igzip_lib.IsalError as error:
             raise GzipBreak(f"the gzip stream is corrupt ({error})",
                             f"between bytes {start:,} and {fed:,} of the file", produced) from None
@@ -286,7 +286,7 @@ class _ForwardReader:
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         if whence != io.SEEK_SET or offset < self._position:
             raise tarfile.ReadError("the archive is read front to back: a member points back")
-        while self._position < offset and self.read(min(CHUNK, offset - self._position)):
+        while self._position < offset and self.read(min(BLOCK_SIZE, offset - self._position)):
             pass
         return self._position
 
@@ -312,7 +312,7 @@ def read_capped(member: tarfile.TarInfo, stream: io.RawIOBase | io.BufferedIOBas
     if member.size > cap:
         raise MemberTooLarge(_too_large(member.name, f"{member.size:,} bytes", cap, cap_name))
     blocks, size = [], 0
-    while size <= cap and (block := stream.read(min(CHUNK, cap + 1 - size))):
+    while size <= cap and (block := stream.read(min(BLOCK_SIZE, cap + 1 - size))):
         blocks.append(block)
         size += len(block)
     if size > cap:
@@ -321,13 +321,22 @@ def read_capped(member: tarfile.TarInfo, stream: io.RawIOBase | io.BufferedIOBas
     return b"".join(blocks)
 
 
-def _parse_manifest(data: bytes) -> dict:
-    """The manifest's JSON; ValueError also for nesting too deep for the parser (a few hundred
-    kB of '[' would otherwise crash the verification instead of failing it)."""
+def _parse_manifest(data: bytes) -> Manifest:
+    """The manifest, or ValueError saying why not: not JSON (also nesting too deep for the
+    parser: a few hundred kB of '[' would otherwise crash the verification instead of failing
+    it), or JSON that is not a manifest this project writes."""
     try:
-        return json.loads(data)
+        parsed = json.loads(data)
     except RecursionError as error:
-        raise ValueError(f"it nests deeper than {layout.MANIFEST} ever does ({error})") from None
+        raise ValueError(f"{layout.MANIFEST} is not valid JSON: it nests deeper than "
+                         f"{layout.MANIFEST} ever does ({error})") from None
+    except ValueError as error:
+        raise ValueError(f"{layout.MANIFEST} is not valid JSON: {error}") from None
+    try:
+        return Manifest.from_json(parsed)
+    except ManifestError as error:
+        raise ValueError(f"{layout.MANIFEST} is not a manifest this project writes: "
+                         f"{error}") from None
 
 
 def unsafe_member_reason(member: tarfile.TarInfo) -> str | None:
@@ -355,13 +364,13 @@ def _check_sql_data(stream: io.BufferedReader, rows: int | None) -> str | None:
         if len(head) >= FIRST_LINE_MAX:
             return (f"it has no COPY ... FROM stdin; line in its first {FIRST_LINE_MAX:,} "
                     f"bytes: it is not a table's data file")
-        block = stream.read(CHUNK)
+        block = stream.read(BLOCK_SIZE)
         if not block:
             return "it has no COPY ... FROM stdin; line: the dump is truncated"
         head += block
     start = head.index(b"FROM stdin;\n") + len(b"FROM stdin;\n")
     newlines, tail = head[start:].count(b"\n"), head[start:][-512:]
-    for block in iter(lambda: stream.read(CHUNK), b""):
+    for block in iter(lambda: stream.read(BLOCK_SIZE), b""):
         newlines += block.count(b"\n")
         tail = (tail + block[-512:])[-512:]
     marker = b"\\.\n\n" + layout.END_OF_DATA.encode()
@@ -377,7 +386,7 @@ def _check_sql_data(stream: io.BufferedReader, rows: int | None) -> str | None:
 
 def _check_pg_dump(stream: io.BufferedReader) -> str | None:
     tail = b""
-    for block in iter(lambda: stream.read(CHUNK), b""):
+    for block in iter(lambda: stream.read(BLOCK_SIZE), b""):
         tail = (tail + block[-256:])[-256:]
     if PG_DUMP_COMPLETE.encode() not in tail:
         return f"it does not end with {PG_DUMP_COMPLETE!r}: the schema dump is truncated"
@@ -471,7 +480,7 @@ class CsvRows:
 def _check_csv(stream: io.BufferedReader, columns: list[str] | None, rows: int | None
                ) -> str | None:
     counter = CsvRows()
-    for block in iter(lambda: stream.read(CHUNK), b""):
+    for block in iter(lambda: stream.read(BLOCK_SIZE), b""):
         counter.feed(block)
     problem = counter.problem(columns)
     if problem is None and rows is not None and counter.rows != rows:
@@ -479,20 +488,21 @@ def _check_csv(stream: io.BufferedReader, columns: list[str] | None, rows: int |
     return problem
 
 
-def _readability_problem(path: str, stream: io.BufferedReader, tables: dict[str, dict]
-                         ) -> str | None:
+def _readability_problem(path: str, stream: io.BufferedReader,
+                         tables: Mapping[str, TableEntry]) -> str | None:
     if path in (layout.SCHEMA_PRE_DATA, layout.SCHEMA_POST_DATA):
         return _check_pg_dump(stream)
     table = tables.get(path)
     if path.endswith(".csv"):
-        return _check_csv(stream, table and table.get("columns"), table and table.get("rows"))
+        return _check_csv(stream, list(table.columns) if table else None,
+                          table.rows if table else None)
     if path.endswith(".sql") and path.startswith(f"{layout.DATABASE_DIR}/") and table:
-        return _check_sql_data(stream, table.get("rows"))
+        return _check_sql_data(stream, table.rows)
     return None
 
 
 def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, report: VerificationReport,
-                 tables: dict[str, dict], extract_to: Path | None) -> None:
+                 tables: Mapping[str, TableEntry], extract_to: Path | None) -> None:
     """Check one member as it streams by (and extract it, with `extract_to`)."""
     reason = unsafe_member_reason(member)
     if reason:
@@ -507,13 +517,13 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, report: Verifica
     source = tar.extractfile(member)
     assert source is not None
     hashing = _HashingReader(source)
-    buffered = io.BufferedReader(hashing, CHUNK)
+    buffered = io.BufferedReader(hashing, BLOCK_SIZE)
     if member.name == layout.MANIFEST:
         _load_manifest(member, buffered, report)
         return
     if extract_to is None:
         problem = _readability_problem(member.name, buffered, tables)
-        while buffered.read(CHUNK):
+        while buffered.read(BLOCK_SIZE):
             pass
     else:
         problem = None
@@ -549,13 +559,13 @@ def _record_break(report: VerificationReport, what: str, at: str,
                           f"and checked")
 
 
-def _read_members(archive: Path, report: VerificationReport, tables: dict[str, dict],
-                  extract_to: Path | None) -> None:
+def _read_members(archive: Path, report: VerificationReport,
+                  tables: Mapping[str, TableEntry], extract_to: Path | None) -> None:
     """One pass over the archive, every member checked as it streams by. Where the gzip or
     tar stream breaks, `report.broken` says where, and what was read before it stands."""
     members: list[tarfile.TarInfo] = []
     with archive.open("rb") as raw, _GzipStream(raw) as stream, \
-            io.BufferedReader(stream, CHUNK) as gz:
+            io.BufferedReader(stream, BLOCK_SIZE) as gz:
         forward = _ForwardReader(gz)
         try:
             with tarfile.open(fileobj=forward, mode="r:") as tar:
@@ -569,7 +579,7 @@ def _read_members(archive: Path, report: VerificationReport, tables: dict[str, d
                     return
             # The tar reader stops at the end-of-archive blocks; read to the end of the gzip
             # stream so its CRC and length are checked too.
-            while gz.read(CHUNK):
+            while gz.read(BLOCK_SIZE):
                 pass
         except GzipBreak as error:
             _record_break(report, error.what, error.at, members, error.tar_offset)
@@ -601,7 +611,7 @@ def _load_manifest(member: tarfile.TarInfo, stream: io.BufferedReader,
     try:
         report.manifest = _parse_manifest(data)
     except ValueError as error:
-        report.add(CHECKSUMS, f"{layout.MANIFEST} is not valid JSON: {error}")
+        report.add(CHECKSUMS, str(error))
 
 
 def _write_member(folder: Path, name: str, stream: io.BufferedReader) -> None:
@@ -609,11 +619,11 @@ def _write_member(folder: Path, name: str, stream: io.BufferedReader) -> None:
     target = folder / name
     make_private_dirs(target.parent)
     with open_private(target, exclusive=True) as handle:
-        for block in iter(lambda: stream.read(CHUNK), b""):
+        for block in iter(lambda: stream.read(BLOCK_SIZE), b""):
             handle.write(block)
 
 
-def read_manifest(archive: Path) -> dict | None:
+def read_manifest(archive: Path) -> Manifest | None:
     """manifest.json, which this pipeline writes as the archive's first member: reading it
     decompresses only the archive's first blocks. None when it is not there or not readable,
     or larger than its cap (then it is not read at all: verify_archive says why)."""
@@ -630,19 +640,16 @@ def read_manifest(archive: Path) -> dict | None:
         return None
 
 
-def _manifest_tables(archive: Path) -> dict[str, dict]:
+def _manifest_tables(archive: Path) -> Mapping[str, TableEntry]:
     """The manifest's tables by path, to guide the full pass (which checks it again)."""
-    manifest = read_manifest(archive) or {}
-    tables = {t["path"]: t for t in manifest.get("tables", [])}
-    tables.update({t["psql_data_path"]: t for t in manifest.get("tables", [])
-                   if t.get("psql_data_path")})
-    return tables
+    manifest = read_manifest(archive)
+    return manifest.tables_by_path if manifest else {}
 
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
+        for block in iter(lambda: handle.read(BLOCK_SIZE), b""):
             digest.update(block)
     return digest.hexdigest()
 
@@ -666,16 +673,16 @@ def verify_archive(archive: Path, extract_to: Path | None = None) -> Verificatio
         elif not report.problems_of(CHECKSUMS):
             report.add(CHECKSUMS, f"{layout.MANIFEST} is missing")
         return report
-    listed = {entry["path"]: entry for entry in report.manifest.get("files", [])}
+    listed = {entry.path: entry for entry in report.manifest.files}
     for path, entry in listed.items():
         found = report.files.get(path)
         if found is None:
             report.add(CHECKSUMS, _absent(path, report.broken))
-        elif found.size != entry["size"] or found.sha256 != entry["sha256"]:
+        elif found.size != entry.size or found.sha256 != entry.sha256:
             report.add(
                 CHECKSUMS,
-                f"{path} does not match the manifest (size {found.size} vs {entry['size']}, "
-                f"sha256 {found.sha256[:12]} vs {entry['sha256'][:12]})"
+                f"{path} does not match the manifest (size {found.size} vs {entry.size}, "
+                f"sha256 {found.sha256[:12]} vs {entry.sha256[:12]})"
             )
     for path, found in report.files.items():
         if path not in listed:

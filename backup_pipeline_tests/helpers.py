@@ -225,3 +225,29 @@ def assert_same_catalog(restored: str, source: str) -> None:
     got, want = catalog(restored), catalog(source)
     for kind in CATALOG_QUERIES:
         assert got[kind] == want[kind], (kind, sorted(set(got[kind]) ^ set(want[kind]))[:10])
+
+
+def table_json(table: str, kind: str, path: str, rows: int = 0) -> dict:
+    """A manifest's table entry, as the pipeline writes one."""
+    entry = {"table": table, "kind": kind, "path": path, "rows": rows, "columns": ["id"],
+             "partitioned": False, "order": [{"column": "id", "collatable": False}]}
+    if kind == "transactions":
+        entry.update(rows_in_window=rows, rows_referenced_before_window=0,
+                     timestamp_column="created_at")
+    return entry
+
+
+def manifest_json(tables: list[dict] | None = None, files: list[dict] | None = None,
+                  **changes: object) -> bytes:
+    """A whole manifest.json the pipeline would accept, for crafted archives."""
+    manifest = {
+        "format": layout.MANIFEST_FORMAT, "archive_name": "critical_backup_20260101_000000.tar.gz",
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "database": {"host": "db", "port": 5432, "name": "app", "user": "backup"},
+        "server_version": "15.4", "pg_dump_version": "pg_dump (PostgreSQL) 15.4",
+        "snapshot_id": "00000003-00000002-1", "snapshot_taken_at": "2026-01-01T00:00:00+00:00",
+        "window": {"months": 3, "cutoff": "2025-10-01T00:00:00+00:00"},
+        "tables": tables or [], "config": {"config_dir": "/config", "included": [],
+                                           "missing": []},
+        "versions": {}, "files": files or [], **changes}
+    return json.dumps(manifest).encode()

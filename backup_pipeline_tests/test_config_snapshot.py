@@ -10,12 +10,17 @@ import logging
 import os
 import socket
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from backup_pipeline.assets.config_snapshot import build_config_snapshot, snapshot_config
+from backup_pipeline.assets.config_snapshot import (
+    ConfigSnapshot,
+    build_config_snapshot,
+    snapshot_config,
+)
 from backup_pipeline.assets.values import VALUES_IO_MANAGER
 from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.settings import DEFAULT_CONFIG_FILES, load_settings
@@ -30,8 +35,8 @@ def config_dir(tmp_path: Path) -> Path:
     return write_config_dir(tmp_path / "config")
 
 
-def _paths(record: dict) -> list[str]:
-    return [f["path"] for f in record["files"]]
+def _paths(record: ConfigSnapshot) -> list[str]:
+    return [f.path for f in record.files]
 
 
 def _snapshot_unblocked(config_dir: Path, staging: Path, fifos: list[Path]) -> dict:
@@ -75,7 +80,7 @@ def test_links_inside_the_config_dir_are_copied_as_the_files_they_name(config_di
     assert _paths(record) == [*BASE_FILES[:3], "config/ssl/archive/fullchain1.pem",
                               "config/ssl/cert.pem", "config/ssl/current/fullchain1.pem",
                               "config/ssl/key.pem", "config/ssl/live/fullchain.pem"]
-    assert (record["missing"], record["skipped"]) == ([], [])
+    assert (record.missing, record.skipped) == ((), ())
     for copied in ("ssl/live/fullchain.pem", "ssl/current/fullchain1.pem"):
         path = staging / "config" / copied
         assert not path.is_symlink() and path.read_text() == "CHAIN 1\n"
@@ -102,7 +107,7 @@ def test_a_link_out_of_the_config_dir_is_refused_naming_link_and_target(config_d
 
     refused = ", outside BACKUP_CONFIG_DIR: refused, so that no other file of this host ends " \
               "up in the archive; put a copy of the file in BACKUP_CONFIG_DIR instead"
-    assert record["skipped"] == [
+    assert [asdict(s) for s in record.skipped] == [
         {"path": "ssl/chained.pem",
          "reason": f"a symbolic link to 'evil.pem' (resolves to {secret}){refused}"},
         {"path": "ssl/climbing.pem",
@@ -111,7 +116,7 @@ def test_a_link_out_of_the_config_dir_is_refused_naming_link_and_target(config_d
         {"path": "nginx/site.conf",
          "reason": f"reached through a link (resolves to {host}/site.conf){refused}"},
     ]
-    assert record["missing"] == ["nginx/site.conf"]
+    assert list(record.missing) == ["nginx/site.conf"]
     assert _paths(record) == BASE_FILES
     assert not any("not-for-the-archive" in p.read_text()
                    for p in (staging / "config").rglob("*") if p.is_file())
@@ -129,14 +134,14 @@ def test_special_files_are_named_as_skipped_and_never_opened(config_dir, tmp_pat
 
     record = _snapshot_unblocked(config_dir, tmp_path / "staging", fifos)
 
-    assert record["skipped"] == [
+    assert [asdict(s) for s in record.skipped] == [
         {"path": "nginx.prod.conf", "reason": "a named pipe (FIFO): never opened"},
         {"path": "ssl/agent.sock", "reason": "a socket: never opened"},
         {"path": "ssl/pipe", "reason": "a named pipe (FIFO): never opened"},
         {"path": "ssl/pipe.pem", "reason": "a symbolic link to 'pipe', a named pipe (FIFO): "
                                            "never opened"},
     ]
-    assert record["missing"] == ["nginx.prod.conf"]
+    assert list(record.missing) == ["nginx.prod.conf"]
     assert _paths(record) == [p for p in BASE_FILES if p != "config/nginx.prod.conf"]
 
 
@@ -154,7 +159,7 @@ def test_dangling_links_and_link_loops_are_named(config_dir, tmp_path):
 
     gone, loop = "which does not exist (or is a loop of links)", "a folder that holds it: " \
         "not followed, it would copy itself without end"
-    assert record["skipped"] == [
+    assert [asdict(s) for s in record.skipped] == [
         {"path": "docker-compose.prod.yml",
          "reason": f"a symbolic link to 'compose/prod.yml', {gone}"},
         {"path": "ssl/old.pem", "reason": f"a symbolic link to 'old-cert.pem', {gone}"},
@@ -163,7 +168,7 @@ def test_dangling_links_and_link_loops_are_named(config_dir, tmp_path):
         {"path": "ssl/self", "reason": f"a symbolic link to '.', {loop}"},
         {"path": "ssl/up", "reason": f"a symbolic link to '..', {loop}"},
     ]
-    assert record["missing"] == ["docker-compose.prod.yml"]
+    assert list(record.missing) == ["docker-compose.prod.yml"]
     assert _paths(record) == [p for p in BASE_FILES if p != "config/docker-compose.prod.yml"]
 
 

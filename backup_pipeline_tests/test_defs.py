@@ -72,7 +72,9 @@ def test_password_is_an_env_var_not_a_value(monkeypatch):
 # What a restore on a bare host, the plain verification and the emails need: none of it may
 # pull in Dagster (a broken Dagster install must not stop a restore).
 CORE = ["verify", "restore", "salvage", "restore_proof", "throwaway_pg", "settings", "alerts",
-        "emails.render", "pg", "pg_script", "export_plan", "layout", "downloads", "files"]
+        "emails.render", "pg", "pg_script", "export_plan", "layout", "downloads", "files",
+        "manifest", "retry", "restore_script", "restore_load", "restore_checks", "data_files",
+        "roles"]
 
 
 def test_the_core_imports_no_dagster():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -9,15 +10,20 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from backup_pipeline import layout
+from backup_pipeline.alerts import ALERT_RUN_TAG, ALERT_TAG
 from backup_pipeline.assets import whole_backup_keys
 from backup_pipeline.definitions import build_defs
 from backup_pipeline.downloads import make_server, signed_link
+from backup_pipeline.jobs import PROJECT_JOB_TAG
+from backup_pipeline.resources.postgres import DatabaseConnectionError
+from backup_pipeline.resources.storage import DiskSpaceError
 from backup_pipeline.sample_data.cluster import free_port
 from backup_pipeline.settings import load_settings
 from backup_pipeline_tests.helpers import (
@@ -165,6 +171,7 @@ def test_a_failed_run_sends_exactly_one_urgent_alert(mail_env, smtp, instance):
 
 
 def _evaluate_failure_sensor(env, instance, result) -> None:
+    """The run-failure sensor on the failed run of `result` (a run result, or a run)."""
     defs = build_defs(load_settings(env))
     sensor = defs.resolve_sensor_def("backup_failure_alert_sensor")
     failure = _failure_event(instance, result.run_id)
@@ -353,3 +360,42 @@ def test_materializing_the_assets_like_the_ui_also_sends_exactly_one_email(mail_
     assert instance.get_run_by_id(result.run_id).tags["dagster/retry_strategy"] == "ALL_STEPS"
     assert len(smtp.recorder.messages) == 1
     assert str(smtp.recorder.messages[0][1]["Subject"]).strip().startswith("Smart AI Hub backup OK")
+
+
+def _our_failing_run(instance, error: Exception, tags: dict | None = None) -> str:
+    """A failed run of a job carrying this project's tag, whose one step raised `error` with
+    no hook to alert for it: the sensor's case."""
+    @dg.op
+    def export() -> None:
+        raise error
+
+    job = dg.JobDefinition(graph_def=dg.GraphDefinition(name="ours", node_defs=[export]),
+                           name="ours", tags={PROJECT_JOB_TAG: "ours", **(tags or {})})
+    return job.execute_in_process(instance=instance, raise_on_error=False).run_id
+
+
+@pytest.mark.parametrize(("error", "advice"), [
+    (DiskSpaceError("not enough free disk in BACKUP_DIR"), "Check free space: df -h"),
+    (OSError(errno.ENOSPC, "No space left on device"), "Check free space: df -h"),
+    (DatabaseConnectionError("could not connect"), "Check that PostgreSQL is up"),
+    (RuntimeError("something else"), "read the failed step's log"),
+])
+def test_the_sensor_gives_the_advice_of_the_error_the_step_raised(mail_env, smtp, instance,
+                                                                  error, advice):
+    """Dagster wraps what a step raised: the kind comes from the exception inside."""
+    run_id = _our_failing_run(instance, error)
+    _evaluate_failure_sensor(mail_env, instance, instance.get_run_by_id(run_id))
+    [(_, message)] = smtp.recorder.messages
+    assert advice in message.get_body(("plain",)).get_content()
+
+
+def test_a_retry_that_inherited_its_parents_alert_tags_still_alerts(mail_env, smtp, instance):
+    """Dagster copies a run's tags to its retry: the parent's "sent" is not the retry's."""
+    parent = str(uuid.uuid4())
+    run_id = _our_failing_run(instance, RuntimeError("the retry failed too"), tags={
+        ALERT_TAG: "sent", ALERT_RUN_TAG: parent, "dagster/parent_run_id": parent})
+    _evaluate_failure_sensor(mail_env, instance, instance.get_run_by_id(run_id))
+    _evaluate_failure_sensor(mail_env, instance, instance.get_run_by_id(run_id))
+    [(_, message)] = smtp.recorder.messages
+    assert run_id in message.get_body(("plain",)).get_content()
+    assert instance.get_run_by_id(run_id).tags[ALERT_RUN_TAG] == run_id

@@ -20,6 +20,7 @@ from backup_pipeline import layout
 from backup_pipeline.export_plan import ExportPlan
 from backup_pipeline.restore import RestoreReport, compare_restored, restore_archive
 from backup_pipeline.restore_proof import PROOF_PREFIX
+from backup_pipeline.verify import read_manifest
 from backup_pipeline_tests.helpers import (
     BACKUP_PIPELINE,
     REPO,
@@ -70,7 +71,7 @@ def test_a_restore_that_differs_in_content_is_caught(archive, server, scratch_db
                      "(SELECT max(id) FROM point_transactions)")
         conn.execute("SELECT setval('purchases_id_seq', 1)")
     again = RestoreReport(archive=archive, target=dsn)
-    compare_restored(dsn, manifest(archive), again)
+    compare_restored(dsn, read_manifest(archive), again)
     problems = "\n".join(again.problems)
     assert not again.ok
     assert "public.users: its content differs" in problems

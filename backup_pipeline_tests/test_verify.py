@@ -23,7 +23,7 @@ from backup_pipeline.verify import (
     read_manifest,
     verify_archive,
 )
-from backup_pipeline_tests.helpers import BACKUP_PIPELINE
+from backup_pipeline_tests.helpers import BACKUP_PIPELINE, manifest_json, table_json
 
 
 def _rewrite(source: Path, target: Path, change=None, extra: list[tarfile.TarInfo] = ()) -> Path:
@@ -308,8 +308,7 @@ def test_oversized_manifest_is_refused_unread(tmp_path):
 def test_members_read_whole_elsewhere_are_refused_over_their_cap(tmp_path, name, cap, cap_text):
     """People read BACKUP_INFO.txt whole, the restore each schema file: verification streams
     them, and holds them to their caps so the restore never meets one too large."""
-    manifest = json.dumps({"files": [], "tables": []}).encode()
-    crafted = _crafted(tmp_path / "i.tar.gz", {layout.MANIFEST: manifest, name: cap + 1})
+    crafted = _crafted(tmp_path / "i.tar.gz", {layout.MANIFEST: manifest_json(), name: cap + 1})
     report, peak = _peak_memory(lambda: verify_archive(crafted))
     assert any(p.startswith(f"{name} is {cap + 1:,} bytes, more than the {cap_text}")
                for p in report.problems_of("checksums")), report.problems
@@ -340,7 +339,8 @@ def test_a_member_read_whole_is_read_no_further_than_its_cap():
 def test_data_members_stream_whatever_they_hold(tmp_path, path, expected):
     """A dump or CSV without a single line break is still read block by block, not gathered
     whole while looking for the end of its first line."""
-    manifest = json.dumps({"files": [], "tables": [{"path": path, "rows": 0}]}).encode()
+    kind = "transactions" if path.endswith(".csv") else "critical"
+    manifest = manifest_json([table_json("public.t", kind, path)])
     crafted = _crafted(tmp_path / "d.tar.gz", {layout.MANIFEST: manifest, path: 48 * layout.MB})
     report, peak = _peak_memory(lambda: verify_archive(crafted))
     assert report.problems_of("readability") == [f"{path} is not readable: {expected}"]

@@ -17,6 +17,7 @@ import os
 import platform
 import tarfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -29,8 +30,11 @@ from isal import isal_zlib
 
 from backup_pipeline import layout
 from backup_pipeline.alerts import KindOfFailure
+from backup_pipeline.assets.config_snapshot import ConfigSnapshot
+from backup_pipeline.assets.database import ExportRecord, StagedPiece
 from backup_pipeline.assets.values import VALUES_IO_MANAGER, output_name
-from backup_pipeline.files import open_private, write_private_text
+from backup_pipeline.files import BLOCK_SIZE, open_private, write_private_text
+from backup_pipeline.manifest import FileEntry, Manifest
 from backup_pipeline.pg import HashingWriter
 from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.restore_script import count_query, restore_script
@@ -39,8 +43,6 @@ from backup_pipeline.verify import VerificationReport, verify_archive
 
 ARCHIVE_KEY = dg.AssetKey("backup_archive")
 ARCHIVE_OUTPUT = output_name(ARCHIVE_KEY)
-# Large blocks through the compressor and into the file.
-STREAM_BLOCK = 1 << 20
 
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("backup_pipeline", "templates"),
@@ -68,7 +70,7 @@ class _TarStream:
     def write_file(self, path: Path) -> int:
         with path.open("rb") as source:
             size = 0
-            for block in iter(lambda: source.read(STREAM_BLOCK), b""):
+            for block in iter(lambda: source.read(BLOCK_SIZE), b""):
                 self.write(block)
                 size += len(block)
         return size
@@ -77,7 +79,7 @@ class _TarStream:
         """Append the gzip member at `path`, which holds `size` tar bytes."""
         self.end_member()
         with path.open("rb") as source:
-            for block in iter(lambda: source.read(STREAM_BLOCK), b""):
+            for block in iter(lambda: source.read(BLOCK_SIZE), b""):
                 self._sink.write(block)
         self.offset += size
 
@@ -99,9 +101,9 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def _write_text(staging: Path, relative: str, text: str) -> dict:
+def _write_text(staging: Path, relative: str, text: str) -> FileEntry:
     data = write_private_text(staging / relative, text)
-    return {"path": relative, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return FileEntry(relative, len(data), hashlib.sha256(data).hexdigest())
 
 
 def _tar_info(name: str, size: int, mtime: float, directory: bool = False) -> tarfile.TarInfo:
@@ -116,15 +118,15 @@ def _tar_info(name: str, size: int, mtime: float, directory: bool = False) -> ta
     return info
 
 
-def write_archive(target: Path, staging: Path, manifest: dict, mtime: float,
-                  staged: dict[str, list[dict]]) -> str:
+def write_archive(target: Path, staging: Path, manifest: Manifest, mtime: float,
+                  staged: Mapping[str, tuple[StagedPiece, ...]]) -> str:
     """Write manifest.json, then every listed file, as a gzip'd tar; fsync; return SHA-256.
 
     A file listed in `staged` is put together from its pieces (gzip members copied as they
     are, plain parts compressed here); any other is read from `staging` under its own path.
     The tar format is tarfile's own (PAX headers, end-of-archive blocks, records of 10 KiB).
     """
-    manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
+    manifest_bytes = (json.dumps(manifest.to_json(), indent=2) + "\n").encode()
 
     def header(info: tarfile.TarInfo) -> bytes:
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
@@ -136,23 +138,23 @@ def write_archive(target: Path, staging: Path, manifest: dict, mtime: float,
         tar.write(manifest_bytes)
         tar.pad(tarfile.BLOCKSIZE)
         folders: set[str] = set()
-        for entry in manifest["files"]:
-            parents = Path(entry["path"]).parents
+        for entry in manifest.files:
+            parents = Path(entry.path).parents
             for folder in reversed([p.as_posix() for p in parents if p.as_posix() != "."]):
                 if folder not in folders:
                     folders.add(folder)
                     tar.write(header(_tar_info(folder, 0, mtime, directory=True)))
-            tar.write(header(_tar_info(entry["path"], entry["size"], mtime)))
+            tar.write(header(_tar_info(entry.path, entry.size, mtime)))
             written = 0
-            for piece in staged.get(entry["path"], [{"file": entry["path"], "gzip": False}]):
-                if piece["gzip"]:
-                    tar.copy_member(staging / piece["file"], piece["size"])
-                    written += piece["size"]
+            for piece in staged.get(entry.path, (StagedPiece(entry.path, False, entry.size),)):
+                if piece.gzip:
+                    tar.copy_member(staging / piece.file, piece.size)
+                    written += piece.size
                 else:
-                    written += tar.write_file(staging / piece["file"])
-            if written != entry["size"]:
-                raise RuntimeError(f"{entry['path']} changed in the staging folder: "
-                                   f"{written} bytes where the export wrote {entry['size']}")
+                    written += tar.write_file(staging / piece.file)
+            if written != entry.size:
+                raise RuntimeError(f"{entry.path} changed in the staging folder: "
+                                   f"{written} bytes where the export wrote {entry.size}")
             tar.pad(tarfile.BLOCKSIZE)
         tar.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
         tar.pad(tarfile.RECORDSIZE)
@@ -168,54 +170,57 @@ class ArchiveVerificationError(KindOfFailure, RuntimeError):
     kind = "verification"
 
 
-def build_manifest(export: dict, config: dict, created_at: datetime, name: str,
-                   staging: Path, app_name: str) -> dict:
+def build_manifest(export: ExportRecord, config: ConfigSnapshot, created_at: datetime,
+                   name: str, staging: Path, app_name: str) -> Manifest:
     """Write BACKUP_INFO.txt and the restore script into staging; return the manifest."""
-    restore = _write_text(staging, layout.RESTORE_SCRIPT, restore_script(export["tables"]))
+    restore = _write_text(staging, layout.RESTORE_SCRIPT, restore_script(export.tables))
     versions = _versions()
     info_text = _templates.get_template("BACKUP_INFO.txt.j2").render(
         app_name=app_name,
         archive_name=name,
         created_at=created_at.isoformat(timespec="seconds"),
-        server_major=export["server_version"].split(".")[0],
+        server_major=export.server_version.split(".")[0],
+        server_version=export.server_version,
+        pg_dump_version=export.pg_dump_version,
+        snapshot_taken_at=export.snapshot_taken_at,
+        database=export.database,
+        window=export.window,
+        tables=export.tables,
+        roles=export.roles,
         schema_pre=layout.SCHEMA_PRE_DATA,
         schema_post=layout.SCHEMA_POST_DATA,
         sequences=layout.SEQUENCES,
-        count_query=count_query(export["tables"]),
+        count_query=count_query(export.tables),
         config=config,
         versions=versions,
-        **export,
     )
     info = _write_text(staging, layout.BACKUP_INFO, info_text)
-    return {
-        "format": layout.MANIFEST_FORMAT,
-        "application": app_name,
-        "archive_name": name,
-        "created_at": created_at.isoformat(),
-        "database": export["database"],
-        "server_version": export["server_version"],
-        "pg_dump_version": export["pg_dump_version"],
-        "snapshot_id": export["snapshot_id"],
-        "snapshot_taken_at": export["snapshot_taken_at"],
-        "window": export["window"],
-        "tables": export["tables"],
-        "roles": export["roles"],
-        "database_locale": export["database_locale"],
-        "not_valid_constraints": export["not_valid_constraints"],
-        "config": {"config_dir": config["config_dir"],
-                   "included": [f["path"] for f in config["files"]],
-                   "missing": config["missing"],
-                   "skipped": config.get("skipped", [])},
-        "versions": versions,
-        "files": [info, restore, *_schema_first(export["files"]), *config["files"]],
-    }
+    return Manifest(
+        format=layout.MANIFEST_FORMAT,
+        application=app_name,
+        archive_name=name,
+        created_at=created_at.isoformat(),
+        database=export.database,
+        server_version=export.server_version,
+        pg_dump_version=export.pg_dump_version,
+        snapshot_id=export.snapshot_id,
+        snapshot_taken_at=export.snapshot_taken_at,
+        window=export.window,
+        tables=export.tables,
+        roles=export.roles,
+        database_locale=export.database_locale,
+        not_valid_constraints=export.not_valid_constraints,
+        config=config.manifest_entry(),
+        versions=versions,
+        files=(info, restore, *_schema_first(export.files), *config.files),
+    )
 
 
-def _schema_first(files: list[dict]) -> list[dict]:
+def _schema_first(files: tuple[FileEntry, ...]) -> list[FileEntry]:
     """The schema, roles and sequence files (database/_*) before the table data, in the order
     the archive is written: a cut or damaged archive loses what follows the break, and the
     intact data files are of no use without the schema (backup-pipeline salvage)."""
-    return sorted(files, key=lambda f: not PurePosixPath(f["path"]).name.startswith("_"))
+    return sorted(files, key=lambda f: not PurePosixPath(f.path).name.startswith("_"))
 
 
 ARCHIVE_SPEC = dg.AssetSpec(
@@ -235,7 +240,7 @@ class BuiltArchive:
     path: Path
     sha256: str
     size: int
-    manifest: dict
+    manifest: Manifest
     report: VerificationReport
     build_seconds: float
     verify_seconds: float
@@ -246,11 +251,11 @@ class BuiltArchive:
 
     @property
     def rows(self) -> int:
-        return sum(t["rows"] for t in self.manifest["tables"])
+        return self.manifest.rows
 
 
-def pack_archive(storage: BackupStorage, export: dict, config: dict, app_name: str,
-                 run_id: str) -> BuiltArchive:
+def pack_archive(storage: BackupStorage, export: ExportRecord, config: ConfigSnapshot,
+                 app_name: str, run_id: str) -> BuiltArchive:
     """Write, verify and publish the archive of what this run staged. Everything that can fail
     happens before it gets its name: a file under its final name is complete and verified (a
     good backup once the status files name it; a later failure, such as the proof, leaves it
@@ -263,7 +268,7 @@ def pack_archive(storage: BackupStorage, export: dict, config: dict, app_name: s
     partial = storage.partial_path(name, run_id)
     try:
         sha256 = write_archive(partial, staging, manifest, created_at.timestamp(),
-                               export["staged"])
+                               export.staged)
         written = time.monotonic()
         report = verify_archive(partial)
         if not report.ok:
@@ -287,13 +292,13 @@ def build_backup_archive(settings: Settings) -> dg.OpDefinition:
 
     @dg.op(
         name="backup_archive",
-        ins={"export": dg.In(dict), "config_record": dg.In(dict)},
+        ins={"export": dg.In(ExportRecord), "config_record": dg.In(ConfigSnapshot)},
         out={ARCHIVE_OUTPUT: dg.Out(dg.Nothing),
              "built": dg.Out(BuiltArchive, io_manager_key=VALUES_IO_MANAGER)},
         description=ARCHIVE_SPEC.description,
     )
-    def backup_archive(context: dg.OpExecutionContext, storage: BackupStorage, export: dict,
-                       config_record: dict):
+    def backup_archive(context: dg.OpExecutionContext, storage: BackupStorage,
+                       export: ExportRecord, config_record: ConfigSnapshot):
         config = config_record
         built = pack_archive(storage, export, config, settings.app_name, context.run.run_id)
         context.log.info(
@@ -308,11 +313,12 @@ def build_backup_archive(settings: Settings) -> dg.OpDefinition:
             "size": layout.size_text(built.size),
             "sha256": built.sha256,
             # As `verify` counts them: the files the manifest lists (manifest.json aside).
-            "files": len(built.manifest["files"]),
+            "files": len(built.manifest.files),
             "rows": built.rows,
-            "cutoff": export["window"]["cutoff"],
-            "config_missing": dg.MetadataValue.json(config["missing"]),
-            "config_not_copied": dg.MetadataValue.json(config.get("skipped", [])),
+            "cutoff": export.window.cutoff,
+            "config_missing": dg.MetadataValue.json(list(config.missing)),
+            "config_not_copied": dg.MetadataValue.json(
+                config.manifest_entry().to_json()["skipped"]),
             "build_seconds": built.build_seconds,
             "verify_seconds": built.verify_seconds,
         })

@@ -56,12 +56,11 @@ def check_results(report: VerificationReport, min_mb: float, max_mb: float
     integrity = report.problems_of(INTEGRITY)
     checksums = report.problems_of(CHECKSUMS)
     readable = report.problems_of(READABILITY)
-    manifest = report.manifest or {}
-    listed = manifest.get("files", [])
-    matched = [f for f in listed if f["path"] in report.files
-               and report.files[f["path"]].sha256 == f["sha256"]]
-    tables = [t for t in manifest.get("tables", []) if t["path"] in report.files
-              and report.files[t["path"]].problem is None]
+    listed = report.manifest.files if report.manifest else ()
+    matched = [f for f in listed if f.path in report.files
+               and report.files[f.path].sha256 == f.sha256]
+    tables = [t for t in (report.manifest.tables if report.manifest else ())
+              if t.path in report.files and report.files[t.path].problem is None]
     archive = report.archive.name
     yield dg.AssetCheckResult(
         check_name="gzip_and_tar_integrity", passed=not integrity,
@@ -75,13 +74,13 @@ def check_results(report: VerificationReport, min_mb: float, max_mb: float
         check_name="manifest_checksums", passed=not checksums,
         metadata={"archive": archive, "files_listed": len(listed),
                   "files_matched": len(matched),
-                  "bytes_hashed": sum(f["size"] for f in matched),
+                  "bytes_hashed": sum(f.size for f in matched),
                   "problems": dg.MetadataValue.json(checksums)},
     )
     yield dg.AssetCheckResult(
         check_name="dumps_readable", passed=not readable,
         metadata={"archive": archive, "tables_read": len(tables),
-                  "rows_counted": sum(t["rows"] for t in tables),
+                  "rows_counted": sum(t.rows for t in tables),
                   "problems": dg.MetadataValue.json(readable)},
     )
     within = min_mb <= report.size_mb <= max_mb

@@ -23,8 +23,9 @@ import dagster as dg
 
 from backup_pipeline import layout
 from backup_pipeline.assets.values import VALUES_IO_MANAGER, output_name
-from backup_pipeline.files import make_private_dirs, open_private
+from backup_pipeline.files import BLOCK_SIZE, make_private_dirs, open_private
 from backup_pipeline.jobs import retry_the_whole_run
+from backup_pipeline.manifest import ConfigEntry, FileEntry, SkippedFile
 from backup_pipeline.pg import HashingWriter
 from backup_pipeline.resources.storage import BackupStorage, DiskSpaceError, tree_bytes
 from backup_pipeline.settings import Settings
@@ -42,10 +43,10 @@ class _Plan:
     root: Path
     copies: list[tuple[str, Path]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
 
     def skip(self, relative: str, reason: str) -> None:
-        self.skipped.append({"path": relative, "reason": reason})
+        self.skipped.append(SkippedFile(relative, reason))
 
 
 def _special_kind(mode: int) -> str:
@@ -148,7 +149,7 @@ def planned_bytes(config_dir: Path, entries: tuple[str, ...]) -> int:
         return 0
 
 
-def _copy(relative: str, source: Path, target: Path) -> dict:
+def _copy(relative: str, source: Path, target: Path) -> FileEntry:
     """Copy one planned regular file. It is opened without blocking and without following a
     link, and checked again once open: a file swapped for a FIFO or a link since the plan is
     refused, never waited on."""
@@ -160,21 +161,33 @@ def _copy(relative: str, source: Path, target: Path) -> dict:
         make_private_dirs(target.parent)
         with open_private(target) as dst:
             writer = HashingWriter(dst)
-            for block in iter(lambda: src.read(1 << 20), b""):
+            for block in iter(lambda: src.read(BLOCK_SIZE), b""):
                 writer.write(block)
-    return {"size": writer.size, "sha256": writer.sha256}
+    return FileEntry(f"{layout.CONFIG_DIR}/{relative}", writer.size, writer.sha256)
 
 
-def snapshot_config(config_dir: Path, entries: tuple[str, ...], staging: Path) -> dict:
-    """Copy each entry (a file, or a folder when it ends in '/') into staging/config/; the
-    record lists what was copied, what is missing and what was not copied, and why."""
+@dataclass(frozen=True)
+class ConfigSnapshot:
+    """What the snapshot copied (as the archive's files), what is missing, what it did not
+    copy and why."""
+
+    config_dir: str
+    files: tuple[FileEntry, ...]
+    missing: tuple[str, ...]
+    skipped: tuple[SkippedFile, ...]
+
+    def manifest_entry(self) -> ConfigEntry:
+        return ConfigEntry(self.config_dir, tuple(f.path for f in self.files), self.missing,
+                           self.skipped)
+
+
+def snapshot_config(config_dir: Path, entries: tuple[str, ...], staging: Path
+                    ) -> ConfigSnapshot:
+    """Copy each entry (a file, or a folder when it ends in '/') into staging/config/."""
     plan = _plan_config(config_dir, entries)
-    files = []
-    for relative, source in plan.copies:
-        path = f"{layout.CONFIG_DIR}/{relative}"
-        files.append({"path": path, **_copy(relative, source, staging / path)})
-    return {"config_dir": str(config_dir), "files": files, "missing": plan.missing,
-            "skipped": plan.skipped}
+    files = tuple(_copy(relative, source, staging / layout.CONFIG_DIR / relative)
+                  for relative, source in plan.copies)
+    return ConfigSnapshot(str(config_dir), files, tuple(plan.missing), tuple(plan.skipped))
 
 
 def config_spec(settings: Settings) -> dg.AssetSpec:
@@ -191,7 +204,7 @@ def build_config_snapshot(settings: Settings) -> dg.OpDefinition:
     @dg.op(
         name="config_snapshot",
         out={CONFIG_OUTPUT: dg.Out(dg.Nothing),
-             "config_record": dg.Out(dict, io_manager_key=VALUES_IO_MANAGER)},
+             "config_record": dg.Out(ConfigSnapshot, io_manager_key=VALUES_IO_MANAGER)},
         description="Copies the deployment's configuration files into the run's staging folder.",
     )
     def config_snapshot(context: dg.OpExecutionContext, storage: BackupStorage):
@@ -217,19 +230,19 @@ def build_config_snapshot(settings: Settings) -> dg.OpDefinition:
                 f"could not copy the configuration from BACKUP_CONFIG_DIR {settings.config_dir}: "
                 f"{error}. Check that the folder is mounted and readable by the backup user."
             ) from error
-        for entry in record["missing"]:
+        for entry in record.missing:
             context.log.warning(f"config file missing, not in this backup: {entry}")
-        for skipped in record["skipped"]:
-            context.log.warning(f"config file NOT COPIED, not in this backup: {skipped['path']} "
-                                f"({skipped['reason']})")
+        for skipped in record.skipped:
+            context.log.warning(f"config file NOT COPIED, not in this backup: {skipped.path} "
+                                f"({skipped.reason})")
         yield dg.Output(None, CONFIG_OUTPUT, metadata={
             "config_dir": dg.MetadataValue.path(str(settings.config_dir)),
-            "included": dg.MetadataValue.json([f["path"] for f in record["files"]]),
-            "missing": dg.MetadataValue.json(record["missing"]),
-            "missing_count": len(record["missing"]),
-            "skipped": dg.MetadataValue.json(record["skipped"]),
-            "skipped_count": len(record["skipped"]),
-            "bytes": sum(f["size"] for f in record["files"]),
+            "included": dg.MetadataValue.json([f.path for f in record.files]),
+            "missing": dg.MetadataValue.json(list(record.missing)),
+            "missing_count": len(record.missing),
+            "skipped": dg.MetadataValue.json(record.manifest_entry().to_json()["skipped"]),
+            "skipped_count": len(record.skipped),
+            "bytes": sum(f.size for f in record.files),
         })
         yield dg.Output(record, "config_record")
 

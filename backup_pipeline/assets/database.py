@@ -10,7 +10,7 @@ import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dagster as dg
@@ -27,12 +27,21 @@ from backup_pipeline.assets.transactions import (
 )
 from backup_pipeline.assets.values import VALUES_IO_MANAGER, output_name
 from backup_pipeline.export_plan import ExportPlan, TableInfo, WindowedTable, build_plan
-from backup_pipeline.files import write_private_text
+from backup_pipeline.files import BLOCK_SIZE, write_private_text
 from backup_pipeline.jobs import retry_the_whole_run
-from backup_pipeline.pg import COPY_BLOCK, CopyResult, HashingWriter
+from backup_pipeline.manifest import (
+    CRITICAL,
+    TRANSACTIONS,
+    DatabaseRef,
+    FileEntry,
+    OrderColumn,
+    TableEntry,
+    Window,
+)
+from backup_pipeline.pg import CopyResult, HashingWriter
 from backup_pipeline.resources.postgres import PostgresResource, Snapshot
 from backup_pipeline.resources.storage import BackupStorage
-from backup_pipeline.roles import create_missing_roles_sql, database_locale, needed_roles
+from backup_pipeline.roles import Role, create_missing_roles_sql, database_locale, needed_roles
 from backup_pipeline.settings import Settings
 
 SCHEMA_KEY = dg.AssetKey("database_schema")
@@ -73,8 +82,38 @@ def _write_text(target: Path, text: str) -> CopyResult:
     return CopyResult(rows=0, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
-def _file_record(path: str, result: CopyResult) -> dict:
-    return {"path": path, "size": result.size, "sha256": result.sha256}
+def _file_entry(path: str, result: CopyResult) -> FileEntry:
+    return FileEntry(path, result.size, result.sha256)
+
+
+@dataclass(frozen=True)
+class StagedPiece:
+    """A piece of a table's file in the staging folder: a gzip member the archive copies as
+    it is (holding `size` bytes of the file), or a plain part it compresses."""
+
+    file: str
+    gzip: bool
+    size: int
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """What the export made, for the archive step: the manifest's database part, and how to
+    put each table's file together from its staged pieces."""
+
+    snapshot_id: str
+    snapshot_taken_at: str
+    server_version: str
+    pg_dump_version: str
+    database: DatabaseRef
+    window: Window
+    tables: tuple[TableEntry, ...]
+    roles: tuple[Role, ...]
+    database_locale: dict[str, str | None]
+    not_valid_constraints: tuple[str, ...]
+    files: tuple[FileEntry, ...]
+    staged: dict[str, tuple[StagedPiece, ...]]
+    duration_seconds: float
 
 
 def export_specs(settings: Settings) -> list[dg.AssetSpec]:
@@ -101,9 +140,9 @@ EXPORT_WORKERS = max(2, min(4, os.cpu_count() or 1))
 class _Exported:
     """One table written to staging: its manifest entry, file record and timing."""
 
-    entry: dict
-    file: dict
-    staged: list[dict]
+    entry: TableEntry
+    file: FileEntry
+    staged: tuple[StagedPiece, ...]
     sha256: str
     size: int
     seconds: float
@@ -113,18 +152,18 @@ class _Exported:
     def output(self, cutoff) -> dg.Output:
         """The materialization of the table's asset."""
         entry = self.entry
-        key = (dump_key if entry["kind"] == "critical" else transaction_key)(entry["table"])
+        key = (transaction_key if entry.windowed else dump_key)(entry.table)
         metadata = {
-            "dagster/row_count": entry["rows"],
+            "dagster/row_count": entry.rows,
             # The file as it is inside the archive, before the archive's compression.
             "uncompressed_bytes": self.size,
             "sha256": self.sha256,
-            "archive_path": entry["path"],
+            "archive_path": entry.path,
             "duration_seconds": round(self.seconds, 3),
         }
-        if entry["kind"] == "transactions":
-            metadata.update(rows_in_window=entry["rows_in_window"],
-                            rows_referenced_before_window=entry["rows_referenced_before_window"],
+        if entry.windowed:
+            metadata.update(rows_in_window=entry.rows_in_window,
+                            rows_referenced_before_window=entry.rows_referenced_before_window,
                             cutoff=cutoff.isoformat())
         return dg.Output(None, output_name(key), metadata=metadata)
 
@@ -189,9 +228,9 @@ def _compressed(path: Path) -> Path:
     return path.with_name(f"{path.name}.gz")
 
 
-def _order_record(table: TableInfo) -> list[dict]:
+def _order_record(table: TableInfo) -> tuple[OrderColumn, ...]:
     """The table's total order, for the manifest: the restore proof reads rows back in it."""
-    return [{"column": c.name, "collatable": c.collatable} for c in table.order]
+    return tuple(OrderColumn(c.name, c.collatable) for c in table.order)
 
 
 def _assemble(reads: list[_Read], staging: Path, counted: dict[int, int]) -> _Exported:
@@ -203,10 +242,10 @@ def _assemble(reads: list[_Read], staging: Path, counted: dict[int, int]) -> _Ex
     writer, rows = first.writer.resume(), sum(r.rows for r in reads)
     for later in reads[1:]:
         with later.target.open("rb") as part:
-            for block in iter(lambda: part.read(COPY_BLOCK), b""):
+            for block in iter(lambda: part.read(BLOCK_SIZE), b""):
                 writer.write(block)
-    staged = [{"file": read.target.relative_to(staging).as_posix(), "gzip": read.part == 0,
-               "size": read.writer.size} for read in reads if read.writer is not None]
+    staged = tuple(StagedPiece(read.target.relative_to(staging).as_posix(), read.part == 0,
+                               read.writer.size) for read in reads if read.writer is not None)
     item = first.item
     path = (layout.csv_path(item.table.qualified) if isinstance(item, WindowedTable)
             else layout.dump_path(item.qualified))
@@ -220,16 +259,14 @@ def _assemble(reads: list[_Read], staging: Path, counted: dict[int, int]) -> _Ex
                 f"{first.rows} in the same snapshot: the export is not consistent, nothing was "
                 f"published. Run the backup again and report this if it repeats."
             )
-        entry = {"table": table.qualified, "kind": "transactions", "path": path,
-                 "rows": rows, "rows_in_window": in_window,
-                 "rows_referenced_before_window": rows - in_window,
-                 "timestamp_column": item.timestamp_column, "columns": list(table.columns),
-                 "partitioned": table.partitioned, "order": _order_record(table)}
+        entry = TableEntry(table.qualified, TRANSACTIONS, path, rows, tuple(table.columns),
+                           table.partitioned, _order_record(table), rows_in_window=in_window,
+                           rows_referenced_before_window=rows - in_window,
+                           timestamp_column=item.timestamp_column)
     else:
-        entry = {"table": item.qualified, "kind": "critical", "path": path,
-                 "rows": rows, "columns": list(item.columns), "partitioned": item.partitioned,
-                 "order": _order_record(item)}
-    exported = _Exported(entry, _file_record(path, result), staged, result.sha256, result.size,
+        entry = TableEntry(item.qualified, CRITICAL, path, rows, tuple(item.columns),
+                           item.partitioned, _order_record(item))
+    exported = _Exported(entry, _file_entry(path, result), staged, result.sha256, result.size,
                          sum(r.seconds for r in reads))
     if any(r.end_marker_line for r in reads):
         exported.psql_queries = [r.query for r in reads]
@@ -263,7 +300,7 @@ def _export_tables(snap: Snapshot, plan: ExportPlan, staging: Path, workers: int
 
 
 def _write_windows_for_psql(snap: Snapshot, plan: ExportPlan, exported: list[_Exported],
-                            staging: Path, log: dg.DagsterLogManager) -> list[dict]:
+                            staging: Path, log: dg.DagsterLogManager) -> list[FileEntry]:
     """A window whose CSV holds a line `\\.` is also written as `database/<table>.sql`, in
     COPY's text format, for the plain-shell procedure (psql before 18 stops a `\\copy` there);
     the manifest names it, and `backup-pipeline restore` still loads the CSV."""
@@ -272,15 +309,15 @@ def _write_windows_for_psql(snap: Snapshot, plan: ExportPlan, exported: list[_Ex
     for item in exported:
         if item.psql_queries is None:
             continue
-        table = tables[item.entry["table"]]
+        table = tables[item.entry.table]
         path = layout.dump_path(table.qualified)
         rows, writer = write_window_for_psql(snap, table, item.psql_queries, staging / path)
-        if rows != item.entry["rows"]:
+        if rows != item.entry.rows:
             raise RuntimeError(f"{table.qualified}: {rows} rows read for psql where the CSV "
-                               f"holds {item.entry['rows']}, in the same snapshot: nothing was "
+                               f"holds {item.entry.rows}, in the same snapshot: nothing was "
                                f"published. Run the backup again.")
-        item.entry["psql_data_path"] = path
-        files.append(_file_record(path, CopyResult(rows, writer.size, writer.sha256)))
+        item.entry = replace(item.entry, psql_data_path=path)
+        files.append(_file_entry(path, CopyResult(rows, writer.size, writer.sha256)))
         log.warning(f"{table.qualified}: a value holds a line '\\.', which psql before 18 "
                     f"cannot \\copy from CSV: the archive also holds {path} for the plain-shell "
                     f"procedure")
@@ -294,7 +331,7 @@ def build_database_export(settings: Settings) -> dg.OpDefinition:
     @dg.op(
         name="database_export",
         out={**{output_name(spec.key): dg.Out(dg.Nothing) for spec in specs},
-             "export": dg.Out(dict, io_manager_key=VALUES_IO_MANAGER)},
+             "export": dg.Out(ExportRecord, io_manager_key=VALUES_IO_MANAGER)},
         description="Reads the database once, inside one exported snapshot.",
     )
     def database_export(context: dg.OpExecutionContext, postgres: PostgresResource,
@@ -335,13 +372,12 @@ def build_database_export(settings: Settings) -> dg.OpDefinition:
             roles_file = _write_text(staging / layout.ROLES,
                                      create_missing_roles_sql(roles))
             post = snap.pg_dump(staging / layout.SCHEMA_POST_DATA, "--section=post-data")
-            tables = [e.entry for e in exported]
-            files = [e.file for e in exported] + psql_files + [
-                _file_record(layout.SCHEMA_PRE_DATA, pre),
-                _file_record(layout.ROLES, roles_file),
-                _file_record(layout.SEQUENCES, seq),
-                _file_record(layout.SCHEMA_POST_DATA, post),
-            ]
+            tables = tuple(e.entry for e in exported)
+            files = (*(e.file for e in exported), *psql_files,
+                     _file_entry(layout.SCHEMA_PRE_DATA, pre),
+                     _file_entry(layout.ROLES, roles_file),
+                     _file_entry(layout.SEQUENCES, seq),
+                     _file_entry(layout.SCHEMA_POST_DATA, post))
             results = [e.output(cutoff) for e in exported]
             results.append(dg.Output(
                 None, output_name(SCHEMA_KEY),
@@ -355,26 +391,25 @@ def build_database_export(settings: Settings) -> dg.OpDefinition:
                 },
             ))
 
-            record = {
-                "snapshot_id": snap.snapshot_id,
-                "snapshot_taken_at": snap.taken_at.isoformat(),
-                "server_version": snap.server_version,
-                "pg_dump_version": pg_dump_version,
-                "database": {"host": postgres.host, "port": postgres.port,
-                             "name": postgres.database, "user": postgres.user},
-                "window": {"months": settings.transaction_months, "cutoff": cutoff.isoformat()},
-                "tables": tables,
-                "roles": [role.to_json() for role in roles],
-                "database_locale": locale,
-                "not_valid_constraints": plan.not_valid_constraints,
-                "files": files,
-                # How the archive assembles each table's file from the staged pieces.
-                "staged": {e.entry["path"]: e.staged for e in exported},
-                "duration_seconds": round(time.monotonic() - started, 3),
-            }
+            record = ExportRecord(
+                snapshot_id=snap.snapshot_id,
+                snapshot_taken_at=snap.taken_at.isoformat(),
+                server_version=snap.server_version,
+                pg_dump_version=pg_dump_version,
+                database=DatabaseRef(postgres.host, postgres.port, postgres.database,
+                                     postgres.user),
+                window=Window(settings.transaction_months, cutoff.isoformat()),
+                tables=tables,
+                roles=tuple(roles),
+                database_locale=locale,
+                not_valid_constraints=tuple(plan.not_valid_constraints),
+                files=files,
+                staged={e.entry.path: e.staged for e in exported},
+                duration_seconds=round(time.monotonic() - started, 3),
+            )
         context.log.info(
             f"exported {len(plan.critical)} critical tables and {len(plan.windowed)} transaction "
-            f"windows ({sum(t['rows'] for t in tables)} rows) in {record['duration_seconds']} s"
+            f"windows ({sum(t.rows for t in tables)} rows) in {record.duration_seconds} s"
         )
         yield from results
         yield dg.Output(record, "export")

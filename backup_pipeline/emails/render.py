@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import jinja2
 
 from backup_pipeline import layout
+from backup_pipeline.manifest import Manifest, TableEntry
 from backup_pipeline.settings import DEFAULT_APP_NAME
 
 if TYPE_CHECKING:  # only its new_message(): rendering stays free of Dagster
@@ -44,7 +45,7 @@ class BackupSummary:
     server_version: str
     cutoff: str
     months: int
-    tables: list[dict]
+    tables: tuple[TableEntry, ...]
     config_included: list[str]
     config_missing: list[str]
     # Files seen but not copied (a link out of BACKUP_CONFIG_DIR, a FIFO), each with its reason.
@@ -92,28 +93,26 @@ class Notice:
     resolved: bool = False
 
 
-def summary_from_manifest(manifest: dict, archive: Path, size: int, sha256: str,
+def summary_from_manifest(manifest: Manifest, archive: Path, size: int, sha256: str,
                           duration: float | None, run_url: str) -> BackupSummary:
-    db = manifest["database"]
+    db = manifest.database
     return BackupSummary(
         archive_name=archive.name,
         archive_path=str(archive),
-        created_at=manifest["created_at"],
+        created_at=manifest.created_at,
         size_bytes=size,
         sha256=sha256,
         duration_seconds=duration,
-        database=f"{db['name']} on {db['host']}:{db['port']}",
-        server_version=manifest["server_version"],
-        cutoff=manifest["window"]["cutoff"],
-        months=manifest["window"]["months"],
-        tables=manifest["tables"],
-        config_included=manifest["config"]["included"],
-        config_missing=manifest["config"]["missing"],
-        config_not_copied=[f"{k['path']} ({k['reason']})"
-                           for k in manifest["config"].get("skipped", [])],
+        database=f"{db.name} on {db.host}:{db.port}",
+        server_version=manifest.server_version,
+        cutoff=manifest.window.cutoff,
+        months=manifest.window.months,
+        tables=manifest.tables,
+        config_included=list(manifest.config.included),
+        config_missing=list(manifest.config.missing),
+        config_not_copied=[f"{k.path} ({k.reason})" for k in manifest.config.skipped],
         run_url=run_url,
-        # Archives made before BACKUP_APP_NAME hold no name: they are the default's.
-        app_name=manifest.get("application", DEFAULT_APP_NAME),
+        app_name=manifest.application,
     )
 
 

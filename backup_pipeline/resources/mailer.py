@@ -22,7 +22,6 @@ import json
 import os
 import smtplib
 import ssl
-import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -34,6 +33,7 @@ from pydantic import Field
 
 from backup_pipeline import layout
 from backup_pipeline.files import fsync_dir, make_private_dirs, write_atomically, write_synced
+from backup_pipeline.retry import with_retries
 from backup_pipeline.settings import DEFAULTS
 
 # What to do about a file that cannot be written, by errno; {folder} is where it goes.
@@ -134,20 +134,24 @@ class Mailer(dg.ConfigurableResource):
                       warnings: list[str], attempts: int) -> SendResult:
         """Only the delivery is inside the retried `try`: a mail log that cannot be written
         must not make a delivered email count as failed, nor send it again."""
-        error = None
-        for attempt in range(1, attempts + 1):
-            try:
-                self._deliver(message)
-            except (smtplib.SMTPException, OSError) as failure:
-                error = f"{type(failure).__name__}: {_safe(failure)}"
-                self._log(warnings, message, kind, size, f"{attempt}/{attempts}",
-                          f"FAILED {error}")
-                if attempt < attempts:
-                    time.sleep(self.retry_base_seconds * 2 ** (attempt - 1))
-                continue
-            self._log(warnings, message, kind, size, f"{attempt}/{attempts}", "sent")
-            return SendResult(True, attempt, self.transport)
-        return SendResult(False, attempts, self.transport, error)
+        tried = 0
+
+        def deliver() -> None:
+            nonlocal tried
+            tried += 1
+            self._deliver(message)
+
+        def log_failure(attempt: int, failure: BaseException, _delay: float | None) -> None:
+            self._log(warnings, message, kind, size, f"{attempt}/{attempts}",
+                      f"FAILED {_error_text(failure)}")
+
+        try:
+            with_retries(deliver, attempts=attempts, base_seconds=self.retry_base_seconds,
+                         retry_on=(smtplib.SMTPException, OSError), on_failure=log_failure)
+        except (smtplib.SMTPException, OSError) as failure:
+            return SendResult(False, attempts, self.transport, _error_text(failure))
+        self._log(warnings, message, kind, size, f"{tried}/{attempts}", "sent")
+        return SendResult(True, tried, self.transport)
 
     def _tls_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.ca_file or None)
@@ -258,3 +262,7 @@ def _safe(error: BaseException) -> str:
     """An SMTP error without anything that could be a credential (AUTH lines are dropped)."""
     text = str(error).replace("\n", " ").strip()
     return text if "AUTH" not in text.upper() else "authentication failed"
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {_safe(error)}"

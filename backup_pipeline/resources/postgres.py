@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from psycopg import sql
 from pydantic import Field
 
 from backup_pipeline.alerts import KindOfFailure
+from backup_pipeline.files import BLOCK_SIZE
 from backup_pipeline.pg import (
     PG_DUMP_COMPLETE,
     BlockSink,
@@ -39,6 +39,7 @@ from backup_pipeline.pg import (
     reader_env,
     reader_settings,
 )
+from backup_pipeline.retry import with_retries
 from backup_pipeline.settings import DEFAULTS
 
 __all__ = ["CopyResult", "HashingWriter", "PgDumpError", "PostgresResource", "Snapshot"]
@@ -120,7 +121,7 @@ class Snapshot:
         size = 0
         tail = b""
         with target.open("rb") as dump:
-            for block in iter(lambda: dump.read(1 << 20), b""):
+            for block in iter(lambda: dump.read(BLOCK_SIZE), b""):
                 digest.update(block)
                 size += len(block)
                 tail = (tail + block)[-256:]
@@ -180,36 +181,27 @@ class PostgresResource(dg.ConfigurableResource):
     def connect(self, *, log: dg.DagsterLogManager | None = None, **kwargs) -> psycopg.Connection:
         """Connect, retrying `connect_retries` times with doubling delays, then fail clearly."""
         attempts = self.connect_retries + 1
-        last_error: Exception | None = None
-        for attempt in range(1, attempts + 1):
-            try:
-                return psycopg.connect(
-                    host=self.host,
-                    port=self.port,
-                    dbname=self.database,
-                    user=self.user,
-                    password=self.password,
-                    connect_timeout=self.connect_timeout_seconds,
-                    application_name="backup_pipeline",
-                    **kwargs,
-                )
-            except psycopg.OperationalError as error:
-                last_error = error
-                if attempt == attempts:
-                    break
-                delay = self.retry_base_seconds * 2 ** (attempt - 1)
-                if log:
-                    log.warning(
-                        f"connection {attempt}/{attempts} to {self.describe()} failed "
-                        f"({_first_line(error)}); retrying in {delay:g} s"
-                    )
-                time.sleep(delay)
-        raise DatabaseConnectionError(
-            f"could not connect to PostgreSQL at {self.describe()} after {attempts} attempts: "
-            f"{_first_line(last_error)}. Check that the server is running and reachable "
-            f"(pg_isready -h {self.host} -p {self.port}), and POSTGRES_HOST, POSTGRES_PORT, "
-            f"POSTGRES_DB, POSTGRES_USER and POSTGRES_PASSWORD."
-        )
+
+        def warn(attempt: int, error: BaseException, delay: float | None) -> None:
+            if log and delay is not None:
+                log.warning(f"connection {attempt}/{attempts} to {self.describe()} failed "
+                            f"({_first_line(error)}); retrying in {delay:g} s")
+
+        try:
+            return with_retries(
+                lambda: psycopg.connect(
+                    host=self.host, port=self.port, dbname=self.database, user=self.user,
+                    password=self.password, connect_timeout=self.connect_timeout_seconds,
+                    application_name="backup_pipeline", **kwargs),
+                attempts=attempts, base_seconds=self.retry_base_seconds,
+                retry_on=(psycopg.OperationalError,), on_failure=warn)
+        except psycopg.OperationalError as error:
+            raise DatabaseConnectionError(
+                f"could not connect to PostgreSQL at {self.describe()} after {attempts} "
+                f"attempts: {_first_line(error)}. Check that the server is running and "
+                f"reachable (pg_isready -h {self.host} -p {self.port}), and POSTGRES_HOST, "
+                f"POSTGRES_PORT, POSTGRES_DB, POSTGRES_USER and POSTGRES_PASSWORD."
+            ) from None
 
     def client_program(self, name: str) -> Path:
         """pg_dump or psql, from BACKUP_PG_BINDIR, `pg_config --bindir` or PATH."""
