@@ -251,3 +251,9 @@ def manifest_json(tables: list[dict] | None = None, files: list[dict] | None = N
                                            "missing": []},
         "versions": {}, "files": files or [], **changes}
     return json.dumps(manifest).encode()
+
+
+def backup_job_from_environment() -> dg.JobDefinition:
+    """backup_job as the code location builds it from the process environment: reconstructable
+    (dg.reconstructable), for runs Dagster must be able to rebuild, such as re-executions."""
+    return build_defs(load_settings()).resolve_job_def("backup_job")

@@ -21,7 +21,7 @@ from backup_pipeline.assets.config_snapshot import (
     build_config_snapshot,
     snapshot_config,
 )
-from backup_pipeline.assets.values import VALUES_IO_MANAGER
+from backup_pipeline.assets.values import VALUES_IO_MANAGER, step_values
 from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.settings import DEFAULT_CONFIG_FILES, load_settings
 from backup_pipeline_tests.conftest import write_config_dir
@@ -181,7 +181,7 @@ def _materialize(config_dir: Path, tmp_path: Path, instance: dg.DagsterInstance,
     snapshot = build_config_snapshot(settings)
 
     @dg.job(resource_defs={"storage": BackupStorage(backup_dir=str(settings.backup_dir)),
-                           VALUES_IO_MANAGER: dg.mem_io_manager})
+                           VALUES_IO_MANAGER: step_values})
     def config_snapshot_alone():
         snapshot()
 

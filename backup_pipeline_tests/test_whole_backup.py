@@ -17,7 +17,12 @@ from backup_pipeline.assets import whole_backup_keys
 from backup_pipeline.assets.archive import ARCHIVE_KEY
 from backup_pipeline.definitions import build_defs
 from backup_pipeline.settings import load_settings
-from backup_pipeline_tests.helpers import archives, outbox_messages, run_backup
+from backup_pipeline_tests.helpers import (
+    archives,
+    backup_job_from_environment,
+    outbox_messages,
+    run_backup,
+)
 
 USERS = dg.AssetKey(["dumps", "users"])
 
@@ -90,3 +95,42 @@ def test_materialize_on_one_table_runs_the_whole_backup(backup_env, instance):
     readable = evaluations["dumps_readable"].metadata
     assert readable["tables_read"].value == len(manifest.tables)
     assert readable["rows_counted"].value == manifest.rows > 0
+
+
+def test_re_execution_from_a_failed_step_is_refused_without_an_alert(backup_env, instance,
+                                                                     monkeypatch):
+    """The UI's "Re-execute from failure" of a failed backup: its earlier steps' values and
+    files are gone, so it is refused with the reason, no alert is sent, nothing is touched."""
+    env = {**backup_env, "BACKUP_MAX_SIZE_MB": "0.001"}  # archive_checks fails
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    job = dg.reconstructable(backup_job_from_environment)
+    failed = dg.execute_job(job, instance=instance, raise_on_error=False)
+    assert not failed.success
+    alerts = len(outbox_messages(env))
+    assert alerts == 1  # the failed check's one alert
+    folder = Path(env["BACKUP_DIR"])
+    before = _files(folder)
+    again = dg.execute_job(job, instance=instance, raise_on_error=False,
+                           reexecution_options=dg.ReexecutionOptions.from_failure(
+                               failed.run_id, instance))
+    assert not again.success
+    [failure] = [e for e in again.all_events if e.is_step_failure]
+    assert failure.step_key == "backup.archive_checks"
+    refused = failure.event_specific_data.error.cause
+    assert refused.cls_name == "ResumeRefused", failure.event_specific_data.error.to_string()
+    assert "what step backup_archive of run " in refused.message
+    assert "A backup is made whole: launch backup_job again" in refused.message
+    assert len(outbox_messages(env)) == alerts
+    run = instance.get_run_by_id(again.run_id)
+    assert run.tags["dagster/max_retries"] == "0"
+    defs = build_defs(load_settings(env))
+    sensor = defs.resolve_sensor_def("backup_failure_alert_sensor")
+    run_failure = next(e for e in instance.all_logs(again.run_id) if e.dagster_event
+                       and e.dagster_event.event_type_value == "PIPELINE_FAILURE")
+    sensor(dg.build_run_status_sensor_context(
+        sensor_name=sensor.name, dagster_instance=instance, dagster_run=run,
+        dagster_event=run_failure.dagster_event,
+        resources={"mailer": defs.resources["mailer"]}).for_run_failure())
+    assert len(outbox_messages(env)) == alerts
+    assert _files(folder) == before

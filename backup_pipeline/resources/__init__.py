@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from backup_pipeline.assets.values import VALUES_IO_MANAGER
+from backup_pipeline.assets.values import VALUES_IO_MANAGER, step_values
 from backup_pipeline.resources.drill import RestoreDrillTarget
 from backup_pipeline.resources.links import DownloadLinks
 from backup_pipeline.resources.mailer import Mailer
@@ -22,7 +22,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
     password = _secret("POSTGRES_PASSWORD")
     drill_dsn = _secret("BACKUP_DRILL_DSN")
     return {
-        VALUES_IO_MANAGER: dg.mem_io_manager,
+        VALUES_IO_MANAGER: step_values,
         "mailer": Mailer(
             recipients=list(settings.admin_emails),
             sender=settings.smtp_from,
