@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import dagster as dg
 
-from backup_pipeline.assets.archive import ARCHIVE_SPEC, build_backup_archive
+from backup_pipeline.assets.archive import ARCHIVE_OUTPUT, ARCHIVE_SPEC, build_backup_archive
 from backup_pipeline.assets.checks import CHECK_SPECS, build_archive_checks
-from backup_pipeline.assets.config_snapshot import build_config_snapshot, config_spec
+from backup_pipeline.assets.config_snapshot import (
+    CONFIG_OUTPUT,
+    build_config_snapshot,
+    config_spec,
+)
 from backup_pipeline.assets.database import build_database_export, export_specs
-from backup_pipeline.assets.restore_proof import PROOF_SPEC, build_restore_proof
-from backup_pipeline.assets.status import build_backup_status, status_spec
+from backup_pipeline.assets.restore_proof import PROOF_OUTPUT, PROOF_SPEC, build_restore_proof
+from backup_pipeline.assets.status import STATUS_OUTPUT, build_backup_status, status_spec
 from backup_pipeline.assets.values import output_name
 from backup_pipeline.settings import Settings
 
@@ -64,12 +68,12 @@ def build_backup(settings: Settings, success_email: dg.HookDefinition,
         proven = proof_op(checked=checks.checked) if proof_op else None
         status = status_op(proven=proven.proven if proven else checks.checked)
         outputs = {name: getattr(exported, name) for name in export_outputs}
-        outputs[output_name(config_spec(settings).key)] = configured[0]
-        outputs[output_name(ARCHIVE_SPEC.key)] = archive[0]
+        outputs[CONFIG_OUTPUT] = getattr(configured, CONFIG_OUTPUT)
+        outputs[ARCHIVE_OUTPUT] = getattr(archive, ARCHIVE_OUTPUT)
         outputs.update({name: getattr(checks, name) for name in check_outputs})
         if proven:
-            outputs[output_name(PROOF_SPEC.key)] = proven[0]
-        outputs[output_name(status_spec(settings.restore_proof).key)] = status
+            outputs[PROOF_OUTPUT] = getattr(proven, PROOF_OUTPUT)
+        outputs[STATUS_OUTPUT] = status
         return outputs
 
     return dg.AssetsDefinition.from_graph(
