@@ -28,15 +28,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
 
 from backup_pipeline.data_files import quote_identifier
-
-if TYPE_CHECKING:  # settings imports Dagster; the queries here serve restore, which does not
-    from backup_pipeline.settings import Settings
+from backup_pipeline.settings import Settings
 
 
 class ExportPlanError(ValueError):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from backup_pipeline.export_plan import OrderColumn
 from backup_pipeline.roles import Role
 from backup_pipeline.settings import DEFAULT_APP_NAME
 
@@ -81,17 +82,6 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
-class OrderColumn:
-    """One column of a table's total order, for reading the restored rows back in it."""
-
-    column: str
-    collatable: bool
-
-    def to_json(self) -> dict:
-        return {"column": self.column, "collatable": self.collatable}
-
-
-@dataclass(frozen=True)
 class TableEntry:
     """A backed-up table: whole (critical) or its recent window (transactions)."""
 
@@ -131,7 +121,7 @@ class TableEntry:
                         timestamp_column=self.timestamp_column)
         data.update(columns=list(self.columns), partitioned=self.partitioned)
         if self.order is not None:
-            data["order"] = [c.to_json() for c in self.order]
+            data["order"] = [{"column": c.name, "collatable": c.collatable} for c in self.order]
         if self.psql_data_path:
             data["psql_data_path"] = self.psql_data_path
         return data
@@ -171,6 +161,9 @@ class SkippedFile:
     path: str
     reason: str
 
+    def to_json(self) -> dict:
+        return {"path": self.path, "reason": self.reason}
+
 
 @dataclass(frozen=True)
 class ConfigEntry:
@@ -184,7 +177,7 @@ class ConfigEntry:
     def to_json(self) -> dict:
         return {"config_dir": self.config_dir, "included": list(self.included),
                 "missing": list(self.missing),
-                "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped]}
+                "skipped": [s.to_json() for s in self.skipped]}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ConfigEntry:

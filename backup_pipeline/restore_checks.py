@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from backup_pipeline.data_files import sql_data_header, sql_data_trailer
-from backup_pipeline.export_plan import OrderColumn, TableShape, not_valid_constraints
+from backup_pipeline.export_plan import TableShape, not_valid_constraints
 from backup_pipeline.manifest import Manifest, TableEntry
 from backup_pipeline.pg import HashingWriter, find_pg_binary, psql_copy_out, reader_env
 
@@ -50,7 +50,7 @@ class ContentResult:
 def shape_of(entry: TableEntry) -> TableShape:
     """The manifest's description of a table, as the export's queries take it."""
     return TableShape(entry.schema, entry.name, entry.partitioned, entry.columns,
-                      tuple(OrderColumn(c.column, c.collatable) for c in entry.order or ()))
+                      entry.order or ())
 
 
 def _read_back(entry: TableEntry, cutoff: datetime, run) -> tuple[int, HashingWriter]:

@@ -25,7 +25,7 @@ import dagster as dg
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
 from dagster._utils.error import SerializableErrorInfo
 
-from backup_pipeline.alerts import DEAD_RUN_PHRASE
+from backup_pipeline.alerts import DEAD_RUN_PHRASE, failure_kind
 
 HEARTBEAT_KEY_PREFIX = "backup_pipeline/heartbeat/"
 DEFAULT_TIMEOUT_SECONDS = 180
@@ -98,6 +98,11 @@ class RunFailure(NamedTuple):
     # (class name, message) of the error and its causes, outermost first: Dagster wraps the
     # exception a step raised in its own.
     errors: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """The kind of failure, for the alert's advice (alerts.troubleshooting)."""
+        return failure_kind(self.errors, self.error)
 
 
 def _chain(error: SerializableErrorInfo | None) -> tuple[tuple[str, str], ...]:

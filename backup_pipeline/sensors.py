@@ -19,7 +19,7 @@ from backup_pipeline.alerting import (
     send_failure_alert,
     undelivered_alerts,
 )
-from backup_pipeline.alerts import failure_kind, troubleshooting
+from backup_pipeline.alerts import troubleshooting
 from backup_pipeline.emails.render import Notice, notice_email
 from backup_pipeline.resources.mailer import Mailer
 from backup_pipeline.resources.storage import BackupStorage, read_last_success
@@ -123,7 +123,7 @@ def build_sensors(settings: Settings, asset_keys: Collection[dg.AssetKey]
         run_id = context.dagster_run.run_id
         failure = describe_failure(context.instance, run_id)
         send_failure_alert(context.instance, mailer, settings, run_id, failure.step,
-                           failure.error, failure_kind(failure.errors, failure.error))
+                           failure.error, failure.kind)
 
     # Why: an alert that could not be sent (SMTP down, outbox disk full) must not be lost: the
     # run's tag says "failed", and this sends it again every few minutes for a day.
@@ -142,8 +142,7 @@ def build_sensors(settings: Settings, asset_keys: Collection[dg.AssetKey]
             # One try each (this sensor is the retry), and none after a failure: the mail is
             # down for them all, and the tick must end well within the daemon's timeout.
             if not send_failure_alert(context.instance, mailer, settings, run_id, failure.step,
-                                      failure.error,
-                                      failure_kind(failure.errors, failure.error),
+                                      failure.error, failure.kind,
                                       resend=True):
                 waiting = len(pending) - index - 1
                 results.append(f"{run_id[:8]} still undelivered"

@@ -278,8 +278,8 @@ def _mail_settings(env: Mapping[str, str], backup_dir: Path) -> dict:
         "mail_log": Path(_text(env, "BACKUP_MAIL_LOG", str(backup_dir / "mail.log"))),
         "download_base_url": base_url,
         "link_ttl_hours": _number(
-            env, "BACKUP_LINK_TTL_HOURS", DEFAULTS.link_ttl_hours, kind=float, low=0.01, high=24 *
-            365, meaning="how long a download link works"),
+            env, "BACKUP_LINK_TTL_HOURS", DEFAULTS.link_ttl_hours, kind=float, low=0.01,
+            high=24 * 365, meaning="how long a download link works"),
         "dagster_ui_url": ui_url,
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -112,6 +113,22 @@ def plain_text(message: EmailMessage) -> str:
 
 def archives(backup_dir: str | Path) -> list[Path]:
     return sorted(Path(backup_dir).glob(layout.ARCHIVE_GLOB))
+
+
+def rewrite_archive(source: Path, target: Path, change=None,
+                    extra: list[tarfile.TarInfo] = ()) -> Path:
+    """Copy the archive member by member, letting `change(name, data)` alter a file's bytes
+    (the manifest is not updated: its checksums still name the original) and adding `extra`."""
+    with tarfile.open(source, "r:gz") as old, tarfile.open(target, "w:gz") as new:
+        for member in old:
+            data = old.extractfile(member).read() if member.isfile() else None
+            if data is not None and change:
+                data = change(member.name, data)
+                member.size = len(data)
+            new.addfile(member, io.BytesIO(data) if data is not None else None)
+        for info in extra:
+            new.addfile(info, io.BytesIO(b"x" * info.size) if info.isfile() else None)
+    return target
 
 
 def read_member(archive: Path, name: str) -> bytes:

@@ -3,10 +3,8 @@ one it writes is refused by verify and restore naming the field, never half-used
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -14,19 +12,13 @@ import pytest
 from backup_pipeline import layout
 from backup_pipeline.manifest import Manifest, ManifestError
 from backup_pipeline.verify import read_manifest, verify_archive
-from backup_pipeline_tests.helpers import BACKUP_PIPELINE, manifest, manifest_json, table_json
-
-
-def _rewrite(source: Path, target: Path, change) -> Path:
-    """Copy the archive member by member, letting `change` alter one file's bytes."""
-    with tarfile.open(source, "r:gz") as old, tarfile.open(target, "w:gz") as new:
-        for member in old:
-            data = old.extractfile(member).read() if member.isfile() else None
-            if data is not None:
-                data = change(member.name, data)
-                member.size = len(data)
-            new.addfile(member, io.BytesIO(data) if data is not None else None)
-    return target
+from backup_pipeline_tests.helpers import (
+    BACKUP_PIPELINE,
+    manifest,
+    manifest_json,
+    rewrite_archive,
+    table_json,
+)
 
 
 def test_the_written_manifest_reads_back_field_for_field(archive):
@@ -85,7 +77,7 @@ def test_verify_and_restore_refuse_an_archive_whose_manifest_is_not_ours(archive
         changed["tables"][0]["rows"] = str(changed["tables"][0]["rows"])
         return json.dumps(changed).encode()
 
-    crafted = _rewrite(archive, tmp_path / "crafted.tar.gz", wrong)
+    crafted = rewrite_archive(archive, tmp_path / "crafted.tar.gz", wrong)
     report = verify_archive(crafted)
     assert report.manifest is None and not report.ok
     [problem] = report.problems_of("checksums")

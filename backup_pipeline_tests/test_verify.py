@@ -23,21 +23,12 @@ from backup_pipeline.verify import (
     read_manifest,
     verify_archive,
 )
-from backup_pipeline_tests.helpers import BACKUP_PIPELINE, manifest_json, table_json
-
-
-def _rewrite(source: Path, target: Path, change=None, extra: list[tarfile.TarInfo] = ()) -> Path:
-    """Copy the archive member by member, letting `change` alter one file's bytes."""
-    with tarfile.open(source, "r:gz") as old, tarfile.open(target, "w:gz") as new:
-        for member in old:
-            data = old.extractfile(member).read() if member.isfile() else None
-            if data is not None and change:
-                data = change(member.name, data)
-                member.size = len(data)
-            new.addfile(member, io.BytesIO(data) if data is not None else None)
-        for info in extra:
-            new.addfile(info, io.BytesIO(b"x" * info.size) if info.isfile() else None)
-    return target
+from backup_pipeline_tests.helpers import (
+    BACKUP_PIPELINE,
+    manifest_json,
+    rewrite_archive,
+    table_json,
+)
 
 
 def test_archive_verifies(archive):
@@ -92,7 +83,7 @@ def test_tampered_file_fails_its_checksum(archive, tmp_path):
         return data.replace(b"user1@example.com", b"evil1@example.com") \
             if name == "database/users.sql" else data
 
-    report = verify_archive(_rewrite(archive, tmp_path / "t.tar.gz", change))
+    report = verify_archive(rewrite_archive(archive, tmp_path / "t.tar.gz", change))
     assert any(p.startswith("database/users.sql does not match the manifest")
                for p in report.problems)
 
@@ -104,7 +95,7 @@ def test_csv_with_a_missing_row_is_unreadable(archive, tmp_path):
         lines = data.split(b"\n")
         return b"\n".join(lines[:1] + lines[2:])
 
-    report = verify_archive(_rewrite(archive, tmp_path / "t.tar.gz", change))
+    report = verify_archive(rewrite_archive(archive, tmp_path / "t.tar.gz", change))
     assert any("database/purchases.csv is not readable" in p and "the manifest says" in p
                for p in report.problems)
 
@@ -113,7 +104,7 @@ def test_truncated_sql_dump_is_unreadable(archive, tmp_path):
     def change(name, data):
         return data[: len(data) // 2] if name == "database/users.sql" else data
 
-    report = verify_archive(_rewrite(archive, tmp_path / "t.tar.gz", change))
+    report = verify_archive(rewrite_archive(archive, tmp_path / "t.tar.gz", change))
     assert any("database/users.sql is not readable" in p for p in report.problems)
 
 
@@ -136,7 +127,7 @@ def test_malicious_or_unexpected_members_are_refused(archive, tmp_path, kind, ex
         info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
     else:
         info.size = 4
-    report = verify_archive(_rewrite(archive, tmp_path / "m.tar.gz", extra=[info]))
+    report = verify_archive(rewrite_archive(archive, tmp_path / "m.tar.gz", extra=[info]))
     assert not report.ok
     assert any(expected in p for p in report.problems), report.problems
 
@@ -145,7 +136,7 @@ def test_asset_checks_fail_for_the_right_reason(archive, tmp_path):
     def change(name, data):
         return data + b"-- appended\n" if name == "config/nginx.prod.conf" else data
 
-    tampered = _rewrite(archive, tmp_path / "t.tar.gz", change)
+    tampered = rewrite_archive(archive, tmp_path / "t.tar.gz", change)
     results = {r.check_name: r.passed
                for r in check_results(verify_archive(tampered), 0, 100)}
     assert results == {"gzip_and_tar_integrity": True, "manifest_checksums": False,
@@ -172,7 +163,7 @@ def test_cli_verify_exit_status(archive, tmp_path):
         return data + b"\n" if name == "database/roles.sql" else data
 
     tampered = subprocess.run([BACKUP_PIPELINE, "verify",
-                               str(_rewrite(archive, tmp_path / "t.tar.gz", change))],
+                               str(rewrite_archive(archive, tmp_path / "t.tar.gz", change))],
                               capture_output=True, text=True)
     assert tampered.returncode == 1
     assert any(line.startswith("FAIL") and line.endswith("database/roles.sql")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from backup_pipeline.assets.backup import backup_specs, build_backup
-from backup_pipeline.assets.restore_drill import build_restore_drill
+from backup_pipeline.assets.restore_drill import restore_drill
 from backup_pipeline.hooks import build_hooks
 from backup_pipeline.settings import Settings
 
@@ -23,5 +23,5 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     success_email, failure_alert = build_hooks(settings)
     return [
         build_backup(settings, success_email, failure_alert),
-        build_restore_drill().with_hooks({failure_alert}),
+        restore_drill.with_hooks({failure_alert}),
     ]

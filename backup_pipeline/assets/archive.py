@@ -299,8 +299,8 @@ def build_backup_archive(settings: Settings) -> dg.OpDefinition:
     )
     def backup_archive(context: dg.OpExecutionContext, storage: BackupStorage,
                        export: ExportRecord, config_record: ConfigSnapshot):
-        config = config_record
-        built = pack_archive(storage, export, config, settings.app_name, context.run.run_id)
+        built = pack_archive(storage, export, config_record, settings.app_name,
+                             context.run.run_id)
         context.log.info(
             f"archive {built.path} ({layout.size_text(built.size)}, sha256 {built.sha256}) "
             f"written in {built.build_seconds:.2f} s and verified in "
@@ -316,9 +316,9 @@ def build_backup_archive(settings: Settings) -> dg.OpDefinition:
             "files": len(built.manifest.files),
             "rows": built.rows,
             "cutoff": export.window.cutoff,
-            "config_missing": dg.MetadataValue.json(list(config.missing)),
+            "config_missing": dg.MetadataValue.json(list(config_record.missing)),
             "config_not_copied": dg.MetadataValue.json(
-                config.manifest_entry().to_json()["skipped"]),
+                [s.to_json() for s in config_record.skipped]),
             "build_seconds": built.build_seconds,
             "verify_seconds": built.verify_seconds,
         })

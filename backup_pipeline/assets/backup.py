@@ -21,14 +21,14 @@ from __future__ import annotations
 import dagster as dg
 
 from backup_pipeline.assets.archive import ARCHIVE_OUTPUT, ARCHIVE_SPEC, build_backup_archive
-from backup_pipeline.assets.checks import CHECK_SPECS, build_archive_checks
+from backup_pipeline.assets.checks import CHECK_SPECS, archive_checks
 from backup_pipeline.assets.config_snapshot import (
     CONFIG_OUTPUT,
     build_config_snapshot,
     config_spec,
 )
 from backup_pipeline.assets.database import build_database_export, export_specs
-from backup_pipeline.assets.restore_proof import PROOF_OUTPUT, PROOF_SPEC, build_restore_proof
+from backup_pipeline.assets.restore_proof import PROOF_OUTPUT, PROOF_SPEC, restore_proof
 from backup_pipeline.assets.status import STATUS_OUTPUT, build_backup_status, status_spec
 from backup_pipeline.assets.values import output_name
 from backup_pipeline.settings import Settings
@@ -52,8 +52,8 @@ def build_backup(settings: Settings, success_email: dg.HookDefinition,
     specs = backup_specs(settings)
     export_outputs = [output_name(spec.key) for spec in export_specs(settings)]
     export_op, config_op = build_database_export(settings), build_config_snapshot(settings)
-    archive_op, checks_op = build_backup_archive(settings), build_archive_checks()
-    proof_op = build_restore_proof() if settings.restore_proof else None
+    archive_op = build_backup_archive(settings)
+    proof_op = restore_proof if settings.restore_proof else None
     status_op = build_backup_status(settings.restore_proof).with_hooks({success_email})
     check_outputs = [spec.get_python_identifier() for spec in CHECK_SPECS]
 
@@ -64,7 +64,7 @@ def build_backup(settings: Settings, success_email: dg.HookDefinition,
         exported = export_op()
         configured = config_op()
         archive = archive_op(export=exported.export, config_record=configured.config_record)
-        checks = checks_op(built=archive.built)
+        checks = archive_checks(built=archive.built)
         proven = proof_op(checked=checks.checked) if proof_op else None
         status = status_op(proven=proven.proven if proven else checks.checked)
         outputs = {name: getattr(exported, name) for name in export_outputs}

@@ -114,24 +114,21 @@ def report_of_published(built: BuiltArchive) -> VerificationReport:
     return verify_archive(built.path)
 
 
-def build_archive_checks() -> dg.OpDefinition:
-    @dg.op(
-        name="archive_checks",
-        ins={"built": dg.In(BuiltArchive)},
-        out={**{spec.get_python_identifier(): dg.Out(dg.Nothing) for spec in CHECK_SPECS},
-             "checked": dg.Out(BuiltArchive, io_manager_key=VALUES_IO_MANAGER)},
-        description="One streaming pass verifies the archive.",
-    )
-    def archive_checks(context: dg.OpExecutionContext, storage: BackupStorage,
-                       built: BuiltArchive):
-        report = report_of_published(built)
-        for problem in report.problems:
-            context.log.error(f"{built.name}: {problem}")
-        results = list(check_results(report, storage.min_size_mb, storage.max_size_mb))
-        yield from results
-        failed = [result for result in results if not result.passed]
-        if failed:
-            raise ArchiveCheckFailed(f"{built.name}: {_failure_text(failed)}")
-        yield dg.Output(built, "checked")
-
-    return archive_checks
+@dg.op(
+    name="archive_checks",
+    ins={"built": dg.In(BuiltArchive)},
+    out={**{spec.get_python_identifier(): dg.Out(dg.Nothing) for spec in CHECK_SPECS},
+         "checked": dg.Out(BuiltArchive, io_manager_key=VALUES_IO_MANAGER)},
+    description="One streaming pass verifies the archive.",
+)
+def archive_checks(context: dg.OpExecutionContext, storage: BackupStorage,
+                   built: BuiltArchive):
+    report = report_of_published(built)
+    for problem in report.problems:
+        context.log.error(f"{built.name}: {problem}")
+    results = list(check_results(report, storage.min_size_mb, storage.max_size_mb))
+    yield from results
+    failed = [result for result in results if not result.passed]
+    if failed:
+        raise ArchiveCheckFailed(f"{built.name}: {_failure_text(failed)}")
+    yield dg.Output(built, "checked")

@@ -240,7 +240,7 @@ def build_config_snapshot(settings: Settings) -> dg.OpDefinition:
             "included": dg.MetadataValue.json([f.path for f in record.files]),
             "missing": dg.MetadataValue.json(list(record.missing)),
             "missing_count": len(record.missing),
-            "skipped": dg.MetadataValue.json(record.manifest_entry().to_json()["skipped"]),
+            "skipped": dg.MetadataValue.json([s.to_json() for s in record.skipped]),
             "skipped_count": len(record.skipped),
             "bytes": sum(f.size for f in record.files),
         })

@@ -34,7 +34,6 @@ from backup_pipeline.manifest import (
     TRANSACTIONS,
     DatabaseRef,
     FileEntry,
-    OrderColumn,
     TableEntry,
     Window,
 )
@@ -143,8 +142,6 @@ class _Exported:
     entry: TableEntry
     file: FileEntry
     staged: tuple[StagedPiece, ...]
-    sha256: str
-    size: int
     seconds: float
     # A window that psql could not \copy: its queries, to write it again for psql.
     psql_queries: list[str] | None = None
@@ -156,8 +153,8 @@ class _Exported:
         metadata = {
             "dagster/row_count": entry.rows,
             # The file as it is inside the archive, before the archive's compression.
-            "uncompressed_bytes": self.size,
-            "sha256": self.sha256,
+            "uncompressed_bytes": self.file.size,
+            "sha256": self.file.sha256,
             "archive_path": entry.path,
             "duration_seconds": round(self.seconds, 3),
         }
@@ -228,11 +225,6 @@ def _compressed(path: Path) -> Path:
     return path.with_name(f"{path.name}.gz")
 
 
-def _order_record(table: TableInfo) -> tuple[OrderColumn, ...]:
-    """The table's total order, for the manifest: the restore proof reads rows back in it."""
-    return tuple(OrderColumn(c.name, c.collatable) for c in table.order)
-
-
 def _assemble(reads: list[_Read], staging: Path, counted: dict[int, int]) -> _Exported:
     """One table's file from its reads: the first part's hash goes on over a window's later
     parts, so size and SHA-256 are those of the file in the archive (one header, the rows of
@@ -260,14 +252,13 @@ def _assemble(reads: list[_Read], staging: Path, counted: dict[int, int]) -> _Ex
                 f"published. Run the backup again and report this if it repeats."
             )
         entry = TableEntry(table.qualified, TRANSACTIONS, path, rows, tuple(table.columns),
-                           table.partitioned, _order_record(table), rows_in_window=in_window,
+                           table.partitioned, table.order, rows_in_window=in_window,
                            rows_referenced_before_window=rows - in_window,
                            timestamp_column=item.timestamp_column)
     else:
         entry = TableEntry(item.qualified, CRITICAL, path, rows, tuple(item.columns),
-                           item.partitioned, _order_record(item))
-    exported = _Exported(entry, _file_entry(path, result), staged, result.sha256, result.size,
-                         sum(r.seconds for r in reads))
+                           item.partitioned, item.order)
+    exported = _Exported(entry, _file_entry(path, result), staged, sum(r.seconds for r in reads))
     if any(r.end_marker_line for r in reads):
         exported.psql_queries = [r.query for r in reads]
     return exported

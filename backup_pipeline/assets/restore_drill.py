@@ -37,50 +37,45 @@ def newest_good_archive(storage: BackupStorage) -> Path:
     return found[0][1]
 
 
-def build_restore_drill() -> dg.AssetsDefinition:
-
-    @dg.asset(
-        deps=[ARCHIVE_KEY],
-        group_name="drill",
-        kinds={"postgres"},
-        description="Restores the newest archive into BACKUP_DRILL_DSN and compares it with the "
-                    "manifest; its duration is the measured recovery time.",
-    )
-    def restore_drill(context: dg.AssetExecutionContext, storage: BackupStorage,
-                      postgres: PostgresResource, drill: RestoreDrillTarget
-                      ) -> dg.MaterializeResult:
-        dsn = drill.checked_dsn(postgres)
-        archive = newest_good_archive(storage)
-        context.log.info(f"drill: restoring {archive.name} into {describe_target(dsn)}")
-        started = time.monotonic()
-        record = {"archive": archive.name, "ok": False, "rows": 0}
-        try:
-            with scratch_database_lock(dsn):  # a backup's restore proof may use it too
-                drill.drop(dsn)
-                report = restore_archive(archive, dsn, progress=context.log.info)
-            record.update(ok=report.ok, rows=sum(t.restored for t in report.tables))
-        except Exception as error:
-            record["error"] = str(error)
-            raise
-        finally:
-            # Written whatever happened: `status` must never show an old success after a failure.
-            record.update(finished_at=datetime.now(UTC).isoformat(),
-                          restore_seconds=round(time.monotonic() - started, 2))
-            write_atomically(storage.ensure_root() / layout.LAST_DRILL_FILE,
-                             json.dumps(record, indent=2) + "\n", 0o644)
-        seconds = record["restore_seconds"]
-        context.log.info("drill comparison:\n" + report.table_text())
-        if not report.ok:
-            raise dg.Failure(
-                description=f"restore drill of {archive.name} does not match its manifest",
-                metadata={"comparison": dg.MetadataValue.md(f"```\n{report.table_text()}\n```")},
-            )
-        return dg.MaterializeResult(metadata={
-            "archive": archive.name,
-            "restore_seconds": seconds,
-            "rows": record["rows"],
-            "comparison": dg.MetadataValue.md(f"```\n{report.table_text()}\n```"),
-            "result": "restored, counts and foreign keys match",
-        })
-
-    return restore_drill
+@dg.asset(
+    deps=[ARCHIVE_KEY],
+    group_name="drill",
+    kinds={"postgres"},
+    description="Restores the newest archive into BACKUP_DRILL_DSN and compares it with the "
+                "manifest; its duration is the measured recovery time.",
+)
+def restore_drill(context: dg.AssetExecutionContext, storage: BackupStorage,
+                  postgres: PostgresResource, drill: RestoreDrillTarget) -> dg.MaterializeResult:
+    dsn = drill.checked_dsn(postgres)
+    archive = newest_good_archive(storage)
+    context.log.info(f"drill: restoring {archive.name} into {describe_target(dsn)}")
+    started = time.monotonic()
+    record = {"archive": archive.name, "ok": False, "rows": 0}
+    try:
+        with scratch_database_lock(dsn):  # a backup's restore proof may use it too
+            drill.drop(dsn)
+            report = restore_archive(archive, dsn, progress=context.log.info)
+        record.update(ok=report.ok, rows=sum(t.restored for t in report.tables))
+    except Exception as error:
+        record["error"] = str(error)
+        raise
+    finally:
+        # Written whatever happened: `status` must never show an old success after a failure.
+        record.update(finished_at=datetime.now(UTC).isoformat(),
+                      restore_seconds=round(time.monotonic() - started, 2))
+        write_atomically(storage.ensure_root() / layout.LAST_DRILL_FILE,
+                         json.dumps(record, indent=2) + "\n", 0o644)
+    seconds = record["restore_seconds"]
+    context.log.info("drill comparison:\n" + report.table_text())
+    if not report.ok:
+        raise dg.Failure(
+            description=f"restore drill of {archive.name} does not match its manifest",
+            metadata={"comparison": dg.MetadataValue.md(f"```\n{report.table_text()}\n```")},
+        )
+    return dg.MaterializeResult(metadata={
+        "archive": archive.name,
+        "restore_seconds": seconds,
+        "rows": record["rows"],
+        "comparison": dg.MetadataValue.md(f"```\n{report.table_text()}\n```"),
+        "result": "restored, counts and foreign keys match",
+    })

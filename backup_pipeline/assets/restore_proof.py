@@ -39,34 +39,31 @@ class ProvenArchive:
     summary: str | None = None
 
 
-def build_restore_proof() -> dg.OpDefinition:
-    @dg.op(
-        name="restore_proof",
-        ins={"checked": dg.In(BuiltArchive)},
-        out={PROOF_OUTPUT: dg.Out(dg.Nothing),
-             "proven": dg.Out(ProvenArchive, io_manager_key=VALUES_IO_MANAGER)},
-        description=PROOF_SPEC.description,
-    )
-    def restore_proof(context: dg.OpExecutionContext, postgres: PostgresResource,
-                      drill: RestoreDrillTarget, checked: BuiltArchive):
-        scratch = drill.checked_dsn(postgres) if drill.dsn else None
-        result = prove_archive(checked.path, checked.manifest, scratch_dsn=scratch,
-                               progress=context.log.info)
-        context.log.info(f"restore proof of {checked.name}: {result.summary()}\n"
-                         f"{result.report.table_text()}")
-        yield dg.Output(None, PROOF_OUTPUT, metadata={
-            "archive": checked.name,
-            "proof_seconds": dg.MetadataValue.float(result.seconds),
-            "phase_seconds": dg.MetadataValue.json(result.report.phases),
-            "target": result.target,
-            "tables": len(result.report.tables),
-            "rows": result.rows,
-            "roles_created": dg.MetadataValue.json(result.report.roles_created),
-            "comparison": dg.MetadataValue.md(f"```\n{result.report.table_text()}\n```"),
-            "result": result.summary(),
-        })
-        proof = ProofRecord(seconds=result.seconds, target=result.target,
-                            phases=result.report.phases)
-        yield dg.Output(ProvenArchive(checked, proof, result.summary()), "proven")
-
-    return restore_proof
+@dg.op(
+    name="restore_proof",
+    ins={"checked": dg.In(BuiltArchive)},
+    out={PROOF_OUTPUT: dg.Out(dg.Nothing),
+         "proven": dg.Out(ProvenArchive, io_manager_key=VALUES_IO_MANAGER)},
+    description=PROOF_SPEC.description,
+)
+def restore_proof(context: dg.OpExecutionContext, postgres: PostgresResource,
+                  drill: RestoreDrillTarget, checked: BuiltArchive):
+    scratch = drill.checked_dsn(postgres) if drill.dsn else None
+    result = prove_archive(checked.path, checked.manifest, scratch_dsn=scratch,
+                           progress=context.log.info)
+    context.log.info(f"restore proof of {checked.name}: {result.summary()}\n"
+                     f"{result.report.table_text()}")
+    yield dg.Output(None, PROOF_OUTPUT, metadata={
+        "archive": checked.name,
+        "proof_seconds": dg.MetadataValue.float(result.seconds),
+        "phase_seconds": dg.MetadataValue.json(result.report.phases),
+        "target": result.target,
+        "tables": len(result.report.tables),
+        "rows": result.rows,
+        "roles_created": dg.MetadataValue.json(result.report.roles_created),
+        "comparison": dg.MetadataValue.md(f"```\n{result.report.table_text()}\n```"),
+        "result": result.summary(),
+    })
+    proof = ProofRecord(seconds=result.seconds, target=result.target,
+                        phases=result.report.phases)
+    yield dg.Output(ProvenArchive(checked, proof, result.summary()), "proven")
