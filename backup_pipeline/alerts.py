@@ -118,6 +118,26 @@ def troubleshooting(kind: str, settings: Settings, retried: bool = False) -> lis
             "missing program or no room for the throwaway server: see the error; "
             "BACKUP_DRILL_DSN can name a scratch database instead.",
         ],
+        "encryption": [
+            "The archive could not be sealed with age, so none was kept from this run (never one "
+            "in clear while BACKUP_AGE_RECIPIENTS is set); earlier archives are untouched.",
+            "Check the public keys: BACKUP_AGE_RECIPIENTS / BACKUP_AGE_RECIPIENTS_FILE hold "
+            "age1... or ssh-ed25519 lines only, and the file is readable by the backup user.",
+            f"Check free space for the sealed copy: df -h {settings.backup_dir}",
+            f"Run the backup again: {RERUN}",
+        ],
+        "offsite": [
+            "The archive is good and recorded in BACKUP_DIR (backup-pipeline status), but its "
+            "off-site copy failed: the error above names the bucket, the key and the cause.",
+            "Check the bucket and the credentials from the backup host: aws s3 ls "
+            f"s3://{settings.s3_bucket or '<bucket>'}/{settings.s3_prefix}"
+            + (f" --endpoint-url {settings.s3_endpoint_url}" if settings.s3_endpoint_url
+               else ""),
+            "A provider that rejects boto3's checksum headers: set BACKUP_S3_CHECKSUMS="
+            "when_required.",
+            f"Run the backup again once it is fixed: {RERUN} (until then the newest copy off "
+            "this server is older: backup-pipeline list --remote)",
+        ],
         "dead_run": [
             "The run's process died before it finished: look for the cause at that time: "
             "dmesg -T | grep -i -e oom -e killed; docker compose ps; docker inspect --format "

@@ -13,16 +13,68 @@ from backup_pipeline import layout
 
 if TYPE_CHECKING:
     from backup_pipeline.restore import RestoreReport
+    from backup_pipeline.settings import Settings
+    from backup_pipeline.signing import PublicKey
+    from backup_pipeline.sources import ArchiveSource
+
+
+class _Refused(Exception):
+    """An archive the command cannot even start on: one line, exit 2."""
+
+
+def _source(args: argparse.Namespace, settings: Settings) -> ArchiveSource:
+    """The archive named on the command line: a file or s3://bucket/key, and the private key
+    to open it with when it is sealed (--identity, else BACKUP_AGE_IDENTITY_FILE)."""
+    from backup_pipeline.sealing import DecryptionError, load_identities
+    from backup_pipeline.sources import open_source
+
+    identity = Path(args.identity) if args.identity else settings.age_identity_file
+    try:
+        identities = tuple(load_identities(identity)) if identity else ()
+        return open_source(args.archive, identities,
+                           _bucket(settings) if settings.offsite else None)
+    except (DecryptionError, ValueError) as error:
+        raise _Refused(str(error)) from None
+
+
+def _bucket(settings: Settings):
+    from backup_pipeline.offsite import S3Target
+
+    return S3Target(bucket=settings.s3_bucket or "", prefix=settings.s3_prefix,
+                    endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+                    legacy_checksums=settings.s3_checksums == "when_required")
+
+
+def _signer(settings: Settings) -> PublicKey | None:
+    """Whose signature archives must carry: BACKUP_SIGNING_PUBLIC_KEY, else (on the backup host)
+    the public half of BACKUP_SIGNING_KEY_FILE; None: signatures are not checked."""
+    from backup_pipeline.signing import PublicKey, SigningError, SigningKey
+
+    try:
+        if settings.signing_public_key:
+            return PublicKey.parse(settings.signing_public_key)
+        if settings.signing_key_file:
+            return SigningKey.from_file(settings.signing_key_file).public_key
+    except SigningError as error:
+        raise _Refused(str(error)) from None
+    return None
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from backup_pipeline.offsite import OffsiteError
+    from backup_pipeline.sealing import DecryptionError
     from backup_pipeline.verify import verify_archive
 
+    settings = _settings()
     try:
-        report = verify_archive(Path(args.archive))
+        report = verify_archive(_source(args, settings), signer=_signer(settings),
+                                allow_unsigned=args.allow_unsigned)
     except OSError as error:
         print(f"cannot read the archive {args.archive}: {error.strerror or error}",
               file=sys.stderr)
+        return 2
+    except (_Refused, DecryptionError, OffsiteError) as error:
+        print(f"VERIFY FAILED: {error}", file=sys.stderr)
         return 2
     for check in report.files.values():
         failed = check.problem or any(p.startswith(f"{check.path} ") for p in report.problems)
@@ -30,6 +82,7 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"{state:4}  {check.size:>12,}  {check.sha256[:16]}  {check.path}")
     for problem in report.problems:
         print(f"FAIL  {problem}", file=sys.stderr)
+    print(f"signature  {report.signature}")
     print(("OK  " if report.ok else "FAILED  ") + report.summary())
     return 0 if report.ok else 1
 
@@ -61,6 +114,7 @@ def _salvage(args: argparse.Namespace) -> int:
 def _restore(args: argparse.Namespace) -> int:
     import psycopg
 
+    from backup_pipeline.offsite import OffsiteError
     from backup_pipeline.pg import PgDumpError
     from backup_pipeline.restore import RestoreError, restore_archive
 
@@ -69,13 +123,17 @@ def _restore(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(f"[{time.monotonic() - started:7.1f} s] {message}", flush=True)
 
+    settings = _settings()
     try:
         report = restore_archive(
-            Path(args.archive), args.target, force=args.force, tables=args.table or None,
+            _source(args, settings), args.target, force=args.force,
+            tables=args.table or None,
             config_to=Path(args.config_to) if args.config_to else None,
-            no_owner=args.no_owner, progress=progress,
+            no_owner=args.no_owner, progress=progress, signer=_signer(settings),
+            allow_unsigned=args.allow_unsigned,
         )
-    except (RestoreError, OSError, ValueError, psycopg.Error, PgDumpError) as error:
+    except (RestoreError, OSError, ValueError, psycopg.Error, PgDumpError, OffsiteError,
+            _Refused) as error:
         # Refused, or failed before its commit (a configuration that cannot be written after
         # the commit is in the report instead): one line, no traceback.
         print(f"RESTORE FAILED: {error}", file=sys.stderr)
@@ -111,6 +169,42 @@ def _settings():
         raise SystemExit(2) from None
 
 
+def _list(args: argparse.Namespace) -> int:
+    """The archives kept in BACKUP_DIR or, with --remote, in the bucket: newest first."""
+    from backup_pipeline.resources.storage import BackupStorage, read_last_success
+
+    settings = _settings()
+    if args.remote:
+        from backup_pipeline.offsite import OffsiteError, remote_archives
+
+        if not settings.offsite:
+            print("no off-site copy is configured: set BACKUP_S3_BUCKET (and the other "
+                  "BACKUP_S3_* settings)", file=sys.stderr)
+            return 2
+        target = _bucket(settings)
+        try:
+            found = remote_archives(target, settings.timezone)
+        except OffsiteError as error:
+            print(f"LIST FAILED: {error}", file=sys.stderr)
+            return 2
+        print(f"{len(found)} archives in {target.describe()}, newest first")
+        for item in found:
+            print(f"{item.moment:%Y-%m-%d %H:%M}  {layout.size_text(item.size):>12}  "
+                  f"{target.url(item.key)}")
+        return 0
+    storage = BackupStorage(backup_dir=str(settings.backup_dir), timezone=settings.timezone)
+    found_local = storage.archives()
+    last = read_last_success(settings.backup_dir)
+    print(f"{len(found_local)} archives in {settings.backup_dir}, newest first")
+    for moment, path in found_local:
+        sealed = "age-encrypted" if layout.is_sealed(path.name) else "in clear"
+        print(f"{moment:%Y-%m-%d %H:%M}  {layout.size_text(path.stat().st_size):>12}  "
+              f"{sealed:13}  {path}")
+    if found_local and last is None:
+        print("note: no backup is recorded as good yet (.last_backup_success is missing)")
+    return 0
+
+
 def _run_line(run) -> str:
     """The `last run` line: a finished run's duration and failure, a running one's heartbeat."""
     line = f"{run.status}  started {run.started_at}  "
@@ -127,11 +221,22 @@ def _run_line(run) -> str:
 
 def _status(args: argparse.Namespace) -> int:
     from backup_pipeline.health import collect_status
+    from backup_pipeline.sealing import DecryptionError, load_identities
+    from backup_pipeline.sources import open_source
     from backup_pipeline.verify import verify_archive
 
-    status = collect_status(_settings())
+    settings = _settings()
+    status = collect_status(settings)
     if args.verify and status.newest_archive:
-        status.newest_archive.verified = verify_archive(Path(status.newest_archive.path)).ok
+        # A sealed archive needs a private key, which the backup host usually does not hold.
+        identity = settings.age_identity_file
+        try:
+            source = open_source(status.newest_archive.path,
+                                 tuple(load_identities(identity)) if identity else ())
+            status.newest_archive.verified = verify_archive(source,
+                                                            signer=_signer(settings)).ok
+        except DecryptionError as error:
+            status.notes.append(f"--verify could not open the newest archive: {error}")
     if args.json:
         print(json.dumps(status.as_dict(), indent=2))
         return 0
@@ -169,6 +274,12 @@ def _status(args: argparse.Namespace) -> int:
     print("last restore drill " + (
         f"{drill['archive']}: {'ok' if drill['ok'] else 'FAILED'} in {drill['restore_seconds']} s "
         f"at {drill['finished_at']} (measured recovery time)" if drill else "never"))
+    offsite = status.last_offsite_copy
+    print("off-site copy     " + (
+        f"{offsite.get('url')}  {layout.size_text(int(offsite.get('size_bytes') or 0))}  "
+        f"uploaded {status.last_offsite_age_hours:.1f} h ago, read back and verified"
+        if offsite and status.last_offsite_age_hours is not None
+        else "none yet" if settings.offsite else "not configured (BACKUP_S3_BUCKET)"))
     email = status.last_email
     print("last email        " + (
         f"{email['kind']} {'delivered' if email['ok'] else 'NOT DELIVERED'} at {email['at']} "
@@ -220,17 +331,34 @@ def _quickstart(args: argparse.Namespace) -> int:
     return run_quickstart(Path(args.dir), args.scale, args.keep_server)
 
 
+def _safeguard_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--identity", metavar="FILE",
+                         help="the age private key (age-keygen's key.txt, or an SSH private key) "
+                              "that opens a sealed .tar.gz.age archive (default "
+                              "BACKUP_AGE_IDENTITY_FILE)")
+    command.add_argument("--allow-unsigned", action="store_true",
+                         help="accept an archive that BACKUP_SIGNING_PUBLIC_KEY did not sign "
+                              "(made before signing was on), saying so")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="backup-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     verify = commands.add_parser("verify", help="check an archive completely; exit 0 only if good")
-    verify.add_argument("archive")
+    verify.add_argument("archive", help="a file, or s3://bucket/key (streamed, not downloaded)")
+    _safeguard_options(verify)
     verify.set_defaults(func=_verify)
+
+    listing = commands.add_parser("list", help="the archives kept, newest first")
+    listing.add_argument("--remote", action="store_true",
+                         help="those in the off-site bucket (BACKUP_S3_BUCKET) instead")
+    listing.set_defaults(func=_list)
 
     restore = commands.add_parser(
         "restore", help="verify, then restore an archive into a database")
-    restore.add_argument("archive")
+    restore.add_argument("archive", help="a file, or s3://bucket/key (streamed)")
+    _safeguard_options(restore)
     restore.add_argument("--target", required=True,
                          help="libpq connection string or URI of the database to restore into "
                               "(created when missing); a password in it never reaches argv of "

@@ -75,6 +75,9 @@ class BackupStatus:
     oldest_queued: dict | None = None
     # Why BACKUP_DIR could not be read (permissions), None when it could.
     backup_dir_error: str | None = None
+    # The newest verified off-site copy (.last_offsite_copy.json) and its age in hours.
+    last_offsite_copy: dict | None = None
+    last_offsite_age_hours: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -202,8 +205,36 @@ def collect_status(settings: Settings) -> BackupStatus:
         last_email=_read_json(root / layout.LAST_EMAIL_FILE),
         backup_dir_error=unreadable,
     )
+    offsite = _read_json(root / layout.LAST_OFFSITE_FILE)
+    if offsite is not None:
+        status.last_offsite_copy = offsite
+        uploaded = _moment(offsite.get("uploaded_at"))
+        if uploaded is not None:
+            status.last_offsite_age_hours = round((now - uploaded.timestamp()) / 3600, 2)
     _run_history(status)
     return status
+
+
+def _moment(text: object) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+
+
+def offsite_problem(settings: Settings, status: BackupStatus) -> str | None:
+    """With BACKUP_S3_BUCKET, the newest copy off this server is held to BACKUP_MAX_AGE_HOURS
+    as the local one is: a bucket that stopped taking copies is a backup that is missing."""
+    if not settings.offsite:
+        return None
+    age = status.last_offsite_age_hours
+    if status.last_offsite_copy is None or age is None:
+        return (f"no off-site copy has ever been recorded ({layout.LAST_OFFSITE_FILE} is "
+                f"missing) although BACKUP_S3_BUCKET={settings.s3_bucket} is set")
+    if age > settings.max_age_hours:
+        return (f"no off-site copy within BACKUP_MAX_AGE_HOURS={settings.max_age_hours:g}: the "
+                f"newest, {status.last_offsite_copy.get('url')}, was uploaded {age:.1f} h ago")
+    return None
 
 
 def database_problem(settings: Settings, timeout_seconds: int = 3) -> str | None:
@@ -274,6 +305,9 @@ def health_problems(settings: Settings, status: BackupStatus, check_database: bo
     if email and not email.get("ok"):
         problems.append(f"last email ({email.get('kind')}, {email.get('at')}) was NOT delivered "
                         f"after {email.get('attempts')} tries: {email.get('error')}")
+    offsite = offsite_problem(settings, status)
+    if offsite:
+        problems.append(offsite)
     problems.extend(run_problems(status))
     if check_database:
         problem = database_problem(settings)

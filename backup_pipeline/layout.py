@@ -2,6 +2,8 @@
 
 Users rely on these: the seeds' monitoring globs `critical_backup_*.tar.gz`, the user guide's
 restore steps read `database/<table>.csv` and `config/...`, and `BACKUP_INFO.txt` sits at the top.
+With BACKUP_AGE_RECIPIENTS set, the archive kept is that same file sealed with age, under the same
+name and `.age` (`critical_backup_YYYYMMDD_HHMMSS.tar.gz.age`): `age -d` gives back the .tar.gz.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from zoneinfo import ZoneInfo
 ARCHIVE_PREFIX = "critical_backup_"
 ARCHIVE_SUFFIX = ".tar.gz"
 ARCHIVE_TIME_FORMAT = "%Y%m%d_%H%M%S"
-ARCHIVE_NAME = re.compile(r"^critical_backup_(\d{8}_\d{6})\.tar\.gz$")
+# An age-encrypted archive (BACKUP_AGE_RECIPIENTS) carries the suffix age's own tools use.
+AGE_SUFFIX = ".age"
+ARCHIVE_NAME = re.compile(r"^critical_backup_(\d{8}_\d{6})\.tar\.gz(\.age)?$")
 ARCHIVE_GLOB = f"{ARCHIVE_PREFIX}*{ARCHIVE_SUFFIX}"
 PARTIAL_SUFFIX = ".partial"
 
@@ -40,6 +44,7 @@ LAST_SIZE_FILE = ".last_backup_size_mb"
 LAST_BACKUP_FILE = ".last_backup.json"
 LAST_DRILL_FILE = ".last_restore_drill.json"
 LAST_EMAIL_FILE = ".last_email.json"
+LAST_OFFSITE_FILE = ".last_offsite_copy.json"
 LOCK_FILE = ".backup.lock"
 STAGING_DIR = ".staging"
 
@@ -85,6 +90,11 @@ def archive_time(name: str, timezone: str) -> datetime | None:
     except ValueError:
         return None
     return naive.replace(tzinfo=ZoneInfo(timezone))
+
+
+def is_sealed(name: str) -> bool:
+    """Whether an archive's name says it is age-encrypted."""
+    return name.endswith(AGE_SUFFIX)
 
 
 def table_file_stem(table: str) -> str:

@@ -27,7 +27,6 @@ import errno
 import getpass
 import math
 import os
-import shlex
 import shutil
 import tempfile
 import time
@@ -50,6 +49,8 @@ from backup_pipeline.restore_checks import compare_content, invalid_constraints,
 from backup_pipeline.restore_load import LoadError, copy_rows, load_archive
 from backup_pipeline.restore_script import ManifestError
 from backup_pipeline.roles import Role
+from backup_pipeline.signing import PublicKey
+from backup_pipeline.sources import ArchiveSource, as_source
 from backup_pipeline.verify import VerificationReport, read_manifest, verify_archive
 
 Progress = Callable[[str], None]
@@ -77,7 +78,7 @@ class TableComparison:
 
 @dataclass
 class RestoreReport:
-    archive: Path
+    archive: ArchiveSource
     target: str
     seconds: float = 0.0
     tables: list[TableComparison] = field(default_factory=list)
@@ -165,10 +166,14 @@ def _libpq_env(dsn: str) -> dict[str, str]:
     return env
 
 
-def verified(archive: Path, progress: Progress, extract_to: Path | None = None
+def verified(archive: ArchiveSource, progress: Progress, extract_to: Path | None = None,
+             signer: PublicKey | None = None, allow_unsigned: bool = False
              ) -> VerificationReport:
     progress(f"verifying {archive.name}" + (" while extracting it" if extract_to else ""))
-    report = verify_archive(archive, extract_to=extract_to)
+    report = verify_archive(archive, extract_to=extract_to, signer=signer,
+                            allow_unsigned=allow_unsigned)
+    if signer is not None or report.signature != "unsigned":
+        progress(f"signature: {report.signature}")
     if not report.ok:
         raise RestoreError(
             f"refusing to restore {archive.name}: it failed verification: "
@@ -543,8 +548,8 @@ def _write_config_after_restore(workdir: Path, manifest: Manifest, target: Path,
         progress(f"wrote {len(report.config_written)} config files to {target}")
 
 
-def _extracted(archive: Path, workdir: Path, listed: Manifest | None, progress: Progress
-               ) -> Manifest:
+def _extracted(archive: ArchiveSource, workdir: Path, listed: Manifest | None,
+               progress: Progress, signer: PublicKey | None, allow_unsigned: bool) -> Manifest:
     """Verify and extract into `workdir` (in TMPDIR): a full TMPDIR is named, with the room the
     archive needs, before it is filled if the manifest (`listed`, not yet verified) says so, or
     as soon as a write fails."""
@@ -553,7 +558,8 @@ def _extracted(archive: Path, workdir: Path, listed: Manifest | None, progress: 
     if needed > free:
         raise RestoreError(_no_room(workdir, needed, free))
     try:
-        manifest = verified(archive, progress, extract_to=workdir).manifest
+        manifest = verified(archive, progress, extract_to=workdir, signer=signer,
+                            allow_unsigned=allow_unsigned).manifest
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -568,7 +574,8 @@ def _no_room(workdir: Path, needed: int, free: int) -> str:
             f"Point TMPDIR at a folder with room: TMPDIR=/var/tmp backup-pipeline restore ...")
 
 
-def _refuse_unwritable_config(archive: Path, target: Path, listed: Manifest | None) -> None:
+def _refuse_unwritable_config(archive: ArchiveSource, target: Path, listed: Manifest | None
+                              ) -> None:
     reason = unwritable_config_reason(target, config_files(listed))
     if reason:
         raise RestoreError(
@@ -578,27 +585,30 @@ def _refuse_unwritable_config(archive: Path, target: Path, listed: Manifest | No
             f"{extract_config_command(archive)}")
 
 
-def extract_config_command(archive: Path) -> str:
+def extract_config_command(archive: ArchiveSource | Path) -> str:
     """The shell command that gets the configuration out of `archive` without this program."""
-    return f"tar -xzf {shlex.quote(str(archive))} -C <folder> --no-same-owner {layout.CONFIG_DIR}"
+    return as_source(archive).extract_command(layout.CONFIG_DIR)
 
 
-def restore_archive(archive: Path, target_dsn: str, *, force: bool = False,
+def restore_archive(archive: ArchiveSource | Path, target_dsn: str, *, force: bool = False,
                     tables: list[str] | None = None, config_to: Path | None = None,
-                    no_owner: bool = False, progress: Progress = print) -> RestoreReport:
+                    no_owner: bool = False, progress: Progress = print,
+                    signer: PublicKey | None = None, allow_unsigned: bool = False
+                    ) -> RestoreReport:
     """Verify, then restore `archive` into `target_dsn` (everything, or only `tables`), and
     write its configuration to `config_to`. RestoreError means nothing was changed. A
     configuration that cannot be written is refused up front when it can be known then; when
-    it fails only after the commit, it is `report.config_problem`, never an exception."""
+    it fails only after the commit, it is `report.config_problem`, never an exception. With
+    `signer`, an archive it did not sign is refused unless `allow_unsigned` (verify_archive)."""
     started = time.monotonic()
-    archive = Path(archive)
+    archive = as_source(archive)
     report = RestoreReport(archive=archive, target=describe_target(target_dsn))
     listed = read_manifest(archive)
     if config_to is not None:
         _refuse_unwritable_config(archive, Path(config_to), listed)
     with tempfile.TemporaryDirectory(prefix="backup_pipeline_restore_") as folder:
         workdir = Path(folder)
-        manifest = _extracted(archive, workdir, listed, progress)
+        manifest = _extracted(archive, workdir, listed, progress, signer, allow_unsigned)
         report.phases["verify_and_extract"] = round(time.monotonic() - started, 2)
         if tables:
             report.tables = partial_restore(workdir, target_dsn, manifest, tables, progress)

@@ -107,6 +107,29 @@ class Settings:
     download_base_url: str | None = None
     link_ttl_hours: float = 72.0
     dagster_ui_url: str = "http://localhost:3000"
+    # age public keys the archive is sealed to (the text of BACKUP_AGE_RECIPIENTS, and a file).
+    age_recipients: str | None = None
+    age_recipients_file: Path | None = None
+    # The private key `verify`, `restore` and the drill open sealed archives with.
+    age_identity_file: Path | None = None
+    signing_key_file: Path | None = None
+    # The public key archives must be signed with (an OpenSSH key line, or a .pub file's path).
+    signing_public_key: str | None = None
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_checksums: str = "when_supported"
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether archives are sealed with age (and kept only sealed)."""
+        return bool(self.age_recipients or self.age_recipients_file)
+
+    @property
+    def offsite(self) -> bool:
+        """Whether every good archive is also copied to the S3 bucket."""
+        return self.s3_bucket is not None
 
 
 # Each setting's default, written once (above): load_settings, the resources' fields and the
@@ -284,6 +307,75 @@ def _mail_settings(env: Mapping[str, str], backup_dir: Path) -> dict:
     }
 
 
+def _file(env: Mapping[str, str], name: str, what: str) -> Path | None:
+    """A setting naming a file that must exist (a key file): checked now, not at 02:00."""
+    text = _text(env, name, "")
+    if text and not Path(text).is_file():
+        raise SettingsError(f"{name}={text!r} does not exist or is not a file: name {what}, or "
+                            f"leave {name} unset.")
+    return Path(text) if text else None
+
+
+def _safeguard_settings(env: Mapping[str, str]) -> dict:
+    """Encryption (age) and signing: keys are checked when the settings load, so a typo stops the
+    code location with one line, instead of a backup that cannot keep its promise."""
+    from backup_pipeline.sealing import RecipientsError, load_recipients
+    from backup_pipeline.signing import PublicKey, SigningError
+
+    recipients = _text(env, "BACKUP_AGE_RECIPIENTS", "") or None
+    recipients_file = _file(env, "BACKUP_AGE_RECIPIENTS_FILE",
+                            "a file of age public keys, one per line")
+    try:
+        load_recipients(recipients, recipients_file)
+    except RecipientsError as error:
+        raise SettingsError(str(error)) from None
+    public_key = _text(env, "BACKUP_SIGNING_PUBLIC_KEY", "") or None
+    if public_key:
+        try:
+            PublicKey.parse(public_key)
+        except SigningError as error:
+            raise SettingsError(str(error)) from None
+    return {
+        "age_recipients": recipients,
+        "age_recipients_file": recipients_file,
+        "age_identity_file": _file(env, "BACKUP_AGE_IDENTITY_FILE",
+                                   "the age identity file (age-keygen's key.txt)"),
+        "signing_key_file": _file(env, "BACKUP_SIGNING_KEY_FILE",
+                                  "the Ed25519 private key (ssh-keygen -t ed25519)"),
+        "signing_public_key": public_key,
+    }
+
+
+S3_CHECKSUM_CHOICES = ("when_supported", "when_required")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
+def _offsite_settings(env: Mapping[str, str]) -> dict:
+    """BACKUP_S3_*: where the off-site copy goes. Credentials are not settings: boto3 reads
+    AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile, or an instance role) itself."""
+    bucket = _text(env, "BACKUP_S3_BUCKET", "") or None
+    if bucket and not _BUCKET.match(bucket):
+        raise SettingsError(f"BACKUP_S3_BUCKET={bucket!r} is not a bucket name: 3 to 63 "
+                            f"lower-case letters, digits, dots and hyphens (no s3:// and no "
+                            f"folder: put a folder in BACKUP_S3_PREFIX).")
+    endpoint = _text(env, "BACKUP_S3_ENDPOINT_URL", "").rstrip("/") or None
+    _require_http("BACKUP_S3_ENDPOINT_URL", endpoint, "https://s3.eu-central-003.backblazeb2.com")
+    checksums = _text(env, "BACKUP_S3_CHECKSUMS", "when_supported").lower()
+    if checksums not in S3_CHECKSUM_CHOICES:
+        raise SettingsError(
+            f"BACKUP_S3_CHECKSUMS={checksums!r} is not valid: use when_supported (boto3's "
+            f"default) or when_required, for providers that reject boto3's checksum headers "
+            f"(errors such as 'Unsupported header x-amz-checksum-crc32' or "
+            f"'XAmzContentSHA256Mismatch').")
+    return {
+        "s3_bucket": bucket,
+        "s3_prefix": _text(env, "BACKUP_S3_PREFIX", "").strip("/"),
+        "s3_endpoint_url": endpoint,
+        "s3_region": _text(env, "BACKUP_S3_REGION", "") or None,
+        "s3_checksums": checksums,
+    }
+
+
 RESTORE_PROOF_CHOICES = ("always", "off")
 
 
@@ -438,4 +530,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         drill_schedule=drill_schedule,
         restore_proof=_restore_proof(env),
         **mail,
+        **_safeguard_settings(env),
+        **_offsite_settings(env),
     )

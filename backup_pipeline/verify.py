@@ -13,6 +13,11 @@ An archive that breaks (cut short, or corrupt) is checked up to the break, and t
 where it breaks: in which member, at which byte. The files before it are checked as usual; the
 ones from it on are "cut off" or "not reached", never "missing": nothing says they were not
 written.
+
+A sealed archive (age) is decrypted as it streams; a signed one (manifest.json.sig, an SSH
+signature of manifest.json's bytes) has its signature checked against BACKUP_SIGNING_PUBLIC_KEY:
+as manifest.json holds every other file's SHA-256, a good signature vouches for all of them, and a
+crafted archive whose checksums were recomputed is refused.
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ from typing import BinaryIO
 
 from isal import igzip_lib
 
-from backup_pipeline import layout
+from backup_pipeline import layout, signing
 from backup_pipeline.files import BLOCK_SIZE, make_private_dirs, open_private
 from backup_pipeline.manifest import Manifest, ManifestError, TableEntry
 from backup_pipeline.pg import PG_DUMP_COMPLETE
+from backup_pipeline.sealing import DecryptionError, KeyMismatch, NoIdentity
+from backup_pipeline.sources import ArchiveSource, as_source
 
 # What parsing keeps of a dump's or a CSV's start to find its first line: the COPY line or the
 # header of a table of 1,600 columns of 63-byte names is about 200 kB.
@@ -62,6 +69,9 @@ class FileCheck:
 INTEGRITY = "integrity"  # gzip, tar, and members that could escape the extraction folder
 CHECKSUMS = "checksums"  # files against the manifest: missing, different, unexpected
 READABILITY = "readability"  # dumps and CSVs parse, with the manifest's row counts
+SIGNATURE = "signature"  # manifest.json.sig against BACKUP_SIGNING_PUBLIC_KEY
+# An SSH signature is some 300 bytes; a larger manifest.json.sig was not made by this pipeline.
+_SIGNATURE_MAX_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -84,12 +94,17 @@ class ArchiveBreak:
 
 @dataclass
 class VerificationReport:
-    archive: Path
+    archive: ArchiveSource
     size_bytes: int
     manifest: Manifest | None = None
     files: dict[str, FileCheck] = field(default_factory=dict)
     found: list[tuple[str, str]] = field(default_factory=list)
     broken: ArchiveBreak | None = None
+    # Whose signature the manifest carries, as `verify` prints it.
+    signature: str = "unsigned"
+    # manifest.json's and manifest.json.sig's bytes, until the signature is checked.
+    manifest_data: bytes | None = field(default=None, repr=False)
+    signature_data: bytes | None = field(default=None, repr=False)
 
     def add(self, kind: str, problem: str) -> None:
         self.found.append((kind, problem))
@@ -510,8 +525,9 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, report: Verifica
         return
     if not member.isfile():
         return
-    if member.name in report.files or (member.name == layout.MANIFEST
-                                       and report.manifest is not None):
+    if member.name in report.files or (
+            member.name == layout.MANIFEST and report.manifest_data is not None) or (
+            member.name == signing.SIGNATURE_MEMBER and report.signature_data is not None):
         report.add(INTEGRITY, f"{member.name} appears twice: refusing the archive")
         return
     source = tar.extractfile(member)
@@ -520,6 +536,13 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, report: Verifica
     buffered = io.BufferedReader(hashing, BLOCK_SIZE)
     if member.name == layout.MANIFEST:
         _load_manifest(member, buffered, report)
+        return
+    if member.name == signing.SIGNATURE_MEMBER:
+        try:
+            report.signature_data = read_capped(member, buffered, _SIGNATURE_MAX_BYTES,
+                                                "verify._SIGNATURE_MAX_BYTES")
+        except MemberTooLarge as error:
+            report.add(SIGNATURE, str(error))
         return
     if extract_to is None:
         problem = _readability_problem(member.name, buffered, tables)
@@ -559,12 +582,13 @@ def _record_break(report: VerificationReport, what: str, at: str,
                           f"and checked")
 
 
-def _read_members(archive: Path, report: VerificationReport,
+def _read_members(archive: ArchiveSource, report: VerificationReport,
                   tables: Mapping[str, TableEntry], extract_to: Path | None) -> None:
     """One pass over the archive, every member checked as it streams by. Where the gzip or
-    tar stream breaks, `report.broken` says where, and what was read before it stands."""
+    tar stream (or the age encryption around them) breaks, `report.broken` says where, and what
+    was read before it stands. A missing or wrong private key is raised: nothing was read."""
     members: list[tarfile.TarInfo] = []
-    with archive.open("rb") as raw, _GzipStream(raw) as stream, \
+    with archive.open() as raw, _GzipStream(raw) as stream, \
             io.BufferedReader(stream, BLOCK_SIZE) as gz:
         forward = _ForwardReader(gz)
         try:
@@ -583,6 +607,11 @@ def _read_members(archive: Path, report: VerificationReport,
                 pass
         except GzipBreak as error:
             _record_break(report, error.what, error.at, members, error.tar_offset)
+        except (KeyMismatch, NoIdentity):
+            raise
+        except DecryptionError as error:
+            _record_break(report, str(error), f"{forward.tell():,} bytes into the tar stream",
+                          members, forward.tell())
         except tarfile.TarError as error:
             what = ("the archive is truncated: the tar stream stops early, where the gzip data "
                     "ends" if stream.ended_cleanly else
@@ -608,6 +637,7 @@ def _load_manifest(member: tarfile.TarInfo, stream: io.BufferedReader,
     except MemberTooLarge as error:
         report.add(CHECKSUMS, str(error))
         return
+    report.manifest_data = data
     try:
         report.manifest = _parse_manifest(data)
     except ValueError as error:
@@ -623,12 +653,13 @@ def _write_member(folder: Path, name: str, stream: io.BufferedReader) -> None:
             handle.write(block)
 
 
-def read_manifest(archive: Path) -> Manifest | None:
+def read_manifest(archive: ArchiveSource | Path) -> Manifest | None:
     """manifest.json, which this pipeline writes as the archive's first member: reading it
     decompresses only the archive's first blocks. None when it is not there or not readable,
     or larger than its cap (then it is not read at all: verify_archive says why)."""
     try:
-        with archive.open("rb") as raw, tarfile.open(fileobj=raw, mode="r|gz") as tar:
+        with as_source(archive).open() as raw, \
+                tarfile.open(fileobj=raw, mode="r|gz") as tar:
             member = tar.next()
             if member is None or member.name != layout.MANIFEST or not member.isfile():
                 return None
@@ -640,7 +671,7 @@ def read_manifest(archive: Path) -> Manifest | None:
         return None
 
 
-def _manifest_tables(archive: Path) -> Mapping[str, TableEntry]:
+def _manifest_tables(archive: ArchiveSource) -> Mapping[str, TableEntry]:
     """The manifest's tables by path, to guide the full pass (which checks it again)."""
     manifest = read_manifest(archive)
     return manifest.tables_by_path if manifest else {}
@@ -654,18 +685,24 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_archive(archive: Path, extract_to: Path | None = None) -> VerificationReport:
+def verify_archive(archive: ArchiveSource | Path, extract_to: Path | None = None, *,
+                   signer: signing.PublicKey | None = None,
+                   allow_unsigned: bool = False) -> VerificationReport:
     """Check `archive` completely; `report.ok` only when every check holds.
 
     With `extract_to` (an empty folder) the files are extracted in the same pass, for a restore
     that must not read the archive twice; the dumps are then not parsed here (psql loads them,
     and the restore compares row counts), everything else is checked. Whatever was extracted
     must be discarded when the report is not ok.
+
+    With `signer` (BACKUP_SIGNING_PUBLIC_KEY), an archive whose manifest it did not sign is
+    refused, unless `allow_unsigned`: then the report says why it was let through.
     """
-    archive = Path(archive)
-    report = VerificationReport(archive=archive, size_bytes=archive.stat().st_size)
-    tables = _manifest_tables(archive) if extract_to is None else {}
-    _read_members(archive, report, tables, extract_to)
+    source = as_source(archive)
+    report = VerificationReport(archive=source, size_bytes=source.stored_size())
+    tables = _manifest_tables(source) if extract_to is None else {}
+    _read_members(source, report, tables, extract_to)
+    _check_signature(report, signer, allow_unsigned)
     if report.manifest is None:
         if report.broken:
             report.add(CHECKSUMS, f"{layout.MANIFEST} was not read whole (the archive breaks "
@@ -690,6 +727,38 @@ def verify_archive(archive: Path, extract_to: Path | None = None) -> Verificatio
         if found.problem:
             report.add(READABILITY, f"{path} is not readable: {found.problem}")
     return report
+
+
+def _check_signature(report: VerificationReport, signer: signing.PublicKey | None,
+                     allow_unsigned: bool) -> None:
+    """`report.signature`, and a SIGNATURE problem when `signer` must have signed it and did
+    not (unless `allow_unsigned`, which the status then names)."""
+    data, signature = report.manifest_data, report.signature_data
+    report.manifest_data = report.signature_data = None
+    if signer is None:
+        report.signature = ("signed; the signature was NOT checked (BACKUP_SIGNING_PUBLIC_KEY "
+                            "is not set)" if signature else "unsigned")
+        return
+    if data is None:
+        return  # no manifest: already refused, for that
+    problem = None
+    if signature is None:
+        problem = (f"{signing.SIGNATURE_MEMBER} is missing: the archive is unsigned, and "
+                   f"BACKUP_SIGNING_PUBLIC_KEY ({signer.fingerprint}) says archives are signed. "
+                   f"Use a signed archive, or --allow-unsigned if you know where this one "
+                   f"comes from (an archive made before signing was turned on)")
+    else:
+        try:
+            signer.verify(data, signature)
+        except signing.SignatureMismatch as error:
+            problem = f"{error}: refusing the archive (--allow-unsigned overrides, knowingly)"
+    if problem is None:
+        report.signature = f"signed by {signer.fingerprint} (BACKUP_SIGNING_PUBLIC_KEY): good"
+    elif allow_unsigned:
+        report.signature = f"NOT VERIFIED, accepted because of --allow-unsigned: {problem}"
+    else:
+        report.signature = "REFUSED"
+        report.add(SIGNATURE, problem)
 
 
 def _absent(path: str, broken: ArchiveBreak | None) -> str:

@@ -289,3 +289,24 @@ def archive(server: Server, sample_template: str, tmp_path_factory: pytest.TempP
     finally:
         drop_database(server, source)
         drop_database(server, proof)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server (moto's) on 127.0.0.1 for the worker's session; tests make buckets of
+    their own on it."""
+    from backup_pipeline_tests.s3_server import start_s3_server
+
+    started = start_s3_server()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="session")
+def stopped_s3_server():
+    """A server that was started, then killed: what a store that is down looks like."""
+    from backup_pipeline_tests.s3_server import start_s3_server
+
+    started = start_s3_server()
+    started.stop()
+    return started

@@ -274,3 +274,35 @@ def backup_job_from_environment() -> dg.JobDefinition:
     """backup_job as the code location builds it from the process environment: reconstructable
     (dg.reconstructable), for runs Dagster must be able to rebuild, such as re-executions."""
     return build_defs(load_settings()).resolve_job_def("backup_job")
+
+
+def age_key(folder: Path, name: str = "key.txt") -> tuple[Path, str]:
+    """A real age key pair made by age-keygen: the identity file and its public key."""
+    path = folder / name
+    subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
+    public = subprocess.run(["age-keygen", "-y", str(path)], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    return path, public
+
+
+def ssh_key(folder: Path, name: str = "signing_key") -> Path:
+    """A real Ed25519 key pair made by ssh-keygen (no passphrase): the private key's path."""
+    path = folder / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
+def signed_copy(archive: Path, key: Path, target: Path) -> Path:
+    """`archive` with manifest.json.sig added after its manifest, signed with `key`, as the
+    pipeline writes it with BACKUP_SIGNING_KEY_FILE."""
+    from backup_pipeline.signing import SIGNATURE_MEMBER, SigningKey
+
+    signature = SigningKey.from_file(key).sign(read_member(archive, layout.MANIFEST))
+    info = tarfile.TarInfo(SIGNATURE_MEMBER)
+    info.size = len(signature)
+    with tarfile.open(archive, "r:gz") as old, tarfile.open(target, "w:gz") as new:
+        for member in old:
+            new.addfile(member, old.extractfile(member) if member.isfile() else None)
+            if member.name == layout.MANIFEST:
+                new.addfile(info, io.BytesIO(signature))
+    return target

@@ -124,3 +124,25 @@ def test_the_settings_are_read_from_the_environment_in_settings_py_only():
              for path in package.rglob("*.py") if path.name != "settings.py"}
     assert {path: names for path, names in found.items() if names} == {}
     assert reads.search('os.environ.get("BACKUP_LOG_FILE")')  # the pattern finds what it must
+
+
+def test_every_combination_of_safeguards_resolves(tmp_path):
+    """Proof on or off, sealed or not, off-site or not: the graph wires each step to the one
+    before it that exists, and the success email hangs on the last one."""
+    recipients = "age1qgdcv90zjy2ncu3t7f43ehsfa3u3uysjg828tuxf7aafg336y9qspklgj9"
+    for proof in ("always", "off"):
+        for sealed in (False, True):
+            for offsite in (False, True):
+                env = {"BACKUP_RESTORE_PROOF": proof}
+                env |= {"BACKUP_AGE_RECIPIENTS": recipients} if sealed else {}
+                env |= {"BACKUP_S3_BUCKET": "my-backups"} if offsite else {}
+                defs = build_defs(load_settings(env))
+                job = defs.resolve_job_def("backup_job")
+                keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+                assert ("sealed_archive" in keys) is sealed
+                assert ("offsite_copy" in keys) is offsite
+                last = "offsite_copy" if offsite else "backup_status"
+                hooked = {node.name for node in job.graph.node_dict["backup"].definition.nodes
+                          if node.hook_defs and any(h.name == "backup_success_email"
+                                                    for h in node.hook_defs)}
+                assert hooked == {last}, (env, hooked)

@@ -106,6 +106,10 @@ def test_a_proven_run_says_so_in_the_email_and_status(throwaway_proof, instance)
     text = email.get_body(("plain",)).get_content()
     assert "Restore proof restored and compared in " in text
     assert "into a throwaway PostgreSQL" in text
+    # Without BACKUP_AGE_RECIPIENTS the email says plainly what the attachment holds in clear.
+    assert "Encryption    NONE: the archive is in clear" in text
+    assert "IN CLEAR, and it is attached to this email" in text
+    assert "set BACKUP_AGE_RECIPIENTS" in text
     status = subprocess.run([BACKUP_PIPELINE, "status"], capture_output=True, text=True,
                             env={**os.environ, **backup_env}, timeout=60)
     assert "restore proof     restored and compared in " in status.stdout

@@ -27,6 +27,7 @@ from backup_pipeline_tests.conftest import Server, drop_database, new_database, 
 from backup_pipeline_tests.helpers import (
     BACKUP_PIPELINE,
     REPO,
+    age_key,
     archives,
     manifest,
     procedure_commands,
@@ -34,6 +35,8 @@ from backup_pipeline_tests.helpers import (
     rows,
     run_backup,
     scalar,
+    signed_copy,
+    ssh_key,
 )
 
 DOCS = REPO / "docs"
@@ -369,3 +372,42 @@ def test_the_compose_stack_restore_runs_as_the_runbook_writes_it(owned_archive, 
                          f"password=app-password dbname=smart_ai_hub") as conn:
         assert conn.execute("SELECT current_user, count(*) FROM users").fetchone() == (
             owner, manifest(archive)["tables"][0]["rows"])
+
+
+def test_the_bucket_restore_runs_as_the_runbook_writes_it(archive, s3_server, new_server,
+                                                          tmp_path):
+    """"Restore when the server is gone: from the bucket, with the key": a sealed, signed
+    archive in a real S3 server, listed, verified and restored from there as written, on a
+    machine that holds only the key, the signing public key and the bucket's credentials."""
+    from backup_pipeline.offsite import upload_archive
+    from backup_pipeline.sealing import parse_recipients, seal
+    from backup_pipeline.verify import file_sha256
+    from backup_pipeline_tests.s3_server import ACCESS_KEY_ID, SECRET_ACCESS_KEY
+
+    work = tmp_path / "new_host"
+    work.mkdir()
+    _, public = age_key(work)  # key.txt, as the runbook has it
+    signing = ssh_key(tmp_path)
+    (work / "signing_key.pub").write_text(signing.with_suffix(".pub").read_text())
+    signed = signed_copy(archive, signing, tmp_path / archive.name)
+    sealed = seal(signed, tmp_path / f"{archive.name}{layout.AGE_SUFFIX}",
+                  parse_recipients(public, "test"), file_sha256(signed))
+    bucket = s3_server.make_bucket(f"bp-runbook-{uuid.uuid4().hex[:12]}")
+    upload_archive(s3_server.target(bucket, "smart-ai-hub"), sealed.path, sealed.sha256)
+
+    heading = "Restore when the server is gone: from the bucket, with the key"
+    script = as_written("\n".join(blocks("BACKUP_OPERATIONS.md", heading)), {
+        "my-backups": bucket, "https://s3.example.com": s3_server.endpoint_url,
+        "YOUR_ACCESS_KEY_ID": ACCESS_KEY_ID, "NEW_HOST": new_server.host,
+        "port=5432": f"port={new_server.port}"})
+    done = bash(script, work, {"PGPASSWORD": new_server.password},
+                stdin=SECRET_ACCESS_KEY + "\n")
+    assert succeeded(done)
+    assert f"restoring s3://{bucket}/smart-ai-hub/{sealed.path.name}" in done.stdout
+    assert "(BACKUP_SIGNING_PUBLIC_KEY): good" in done.stdout
+    assert "RESTORE OK into database smart_ai_hub" in done.stdout
+    assert SECRET_ACCESS_KEY not in done.stdout + done.stderr
+    assert (work / "restored_config" / ".env.production").is_file()
+    tables = {t["table"]: t["rows"] for t in manifest(archive)["tables"]}
+    assert scalar(new_server.dsn("smart_ai_hub"), "SELECT count(*) FROM users") == \
+        tables["public.users"]

@@ -8,6 +8,10 @@ A series of gzip members is one standard gzip stream (RFC 1952; gzip -t, tar -xz
 It is written under a hidden temporary name, fsynced and fully verified before it gets its final
 name, so a file named `critical_backup_*.tar.gz` is always complete: a failed verification
 leaves nothing, a crash at most a hidden `.partial` file (retention removes it a day later).
+
+With BACKUP_SIGNING_KEY_FILE, manifest.json is followed by manifest.json.sig, its SSH signature
+(signing.py). With BACKUP_AGE_RECIPIENTS, the verified archive keeps its hidden name through the
+checks and the restore proof, and only its sealed copy gets a final name (assets/sealing.py).
 """
 
 
@@ -36,9 +40,12 @@ from backup_pipeline.assets.values import VALUES_IO_MANAGER, output_name
 from backup_pipeline.files import BLOCK_SIZE, open_private, write_private_text
 from backup_pipeline.manifest import FileEntry, Manifest
 from backup_pipeline.pg import HashingWriter
+from backup_pipeline.resources.safeguards import ArchiveEncryption, ManifestSigning
 from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.restore_script import count_query, restore_script
 from backup_pipeline.settings import Settings
+from backup_pipeline.signing import SIGNATURE_MEMBER, SigningKey
+from backup_pipeline.sources import LocalArchive
 from backup_pipeline.verify import VerificationReport, verify_archive
 
 ARCHIVE_KEY = dg.AssetKey("backup_archive")
@@ -118,15 +125,23 @@ def _tar_info(name: str, size: int, mtime: float, directory: bool = False) -> ta
     return info
 
 
+def manifest_bytes_of(manifest: Manifest) -> bytes:
+    """manifest.json as it is written into the archive (and signed)."""
+    return (json.dumps(manifest.to_json(), indent=2) + "\n").encode()
+
+
 def write_archive(target: Path, staging: Path, manifest: Manifest, mtime: float,
-                  staged: Mapping[str, tuple[StagedPiece, ...]]) -> str:
-    """Write manifest.json, then every listed file, as a gzip'd tar; fsync; return SHA-256.
+                  staged: Mapping[str, tuple[StagedPiece, ...]],
+                  signing_key: SigningKey | None = None) -> str:
+    """Write manifest.json (and its signature), then every listed file, as a gzip'd tar;
+    fsync; return SHA-256.
 
     A file listed in `staged` is put together from its pieces (gzip members copied as they
     are, plain parts compressed here); any other is read from `staging` under its own path.
     The tar format is tarfile's own (PAX headers, end-of-archive blocks, records of 10 KiB).
     """
-    manifest_bytes = (json.dumps(manifest.to_json(), indent=2) + "\n").encode()
+    manifest_bytes = manifest_bytes_of(manifest)
+    signature = signing_key.sign(manifest_bytes) if signing_key else None
 
     def header(info: tarfile.TarInfo) -> bytes:
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
@@ -137,6 +152,10 @@ def write_archive(target: Path, staging: Path, manifest: Manifest, mtime: float,
         tar.write(header(_tar_info(layout.MANIFEST, len(manifest_bytes), mtime)))
         tar.write(manifest_bytes)
         tar.pad(tarfile.BLOCKSIZE)
+        if signature is not None:
+            tar.write(header(_tar_info(SIGNATURE_MEMBER, len(signature), mtime)))
+            tar.write(signature)
+            tar.pad(tarfile.BLOCKSIZE)
         folders: set[str] = set()
         for entry in manifest.files:
             parents = Path(entry.path).parents
@@ -171,7 +190,8 @@ class ArchiveVerificationError(KindOfFailure, RuntimeError):
 
 
 def build_manifest(export: ExportRecord, config: ConfigSnapshot, created_at: datetime,
-                   name: str, staging: Path, app_name: str) -> Manifest:
+                   name: str, staging: Path, app_name: str, *, signed_by: str | None = None,
+                   sealed: bool = False) -> Manifest:
     """Write BACKUP_INFO.txt and the restore script into staging; return the manifest."""
     restore = _write_text(staging, layout.RESTORE_SCRIPT, restore_script(export.tables))
     versions = _versions()
@@ -193,6 +213,8 @@ def build_manifest(export: ExportRecord, config: ConfigSnapshot, created_at: dat
         count_query=count_query(export.tables),
         config=config,
         versions=versions,
+        signed_by=signed_by,
+        sealed=sealed,
     )
     info = _write_text(staging, layout.BACKUP_INFO, info_text)
     return Manifest(
@@ -235,19 +257,18 @@ ARCHIVE_SPEC = dg.AssetSpec(
 @dataclass(frozen=True)
 class BuiltArchive:
     """The archive this run wrote and verified before it got its name: what its checks, the
-    restore proof, the status files and the success email are about, handed to each of them."""
+    restore proof, the status files and the success email are about, handed to each of them.
+    To be sealed, it stays under its hidden temporary `path`, and `name` is the one it holds."""
 
     path: Path
+    name: str
     sha256: str
     size: int
     manifest: Manifest
     report: VerificationReport
     build_seconds: float
     verify_seconds: float
-
-    @property
-    def name(self) -> str:
-        return self.path.name
+    signed_by: str | None = None
 
     @property
     def rows(self) -> int:
@@ -255,35 +276,42 @@ class BuiltArchive:
 
 
 def pack_archive(storage: BackupStorage, export: ExportRecord, config: ConfigSnapshot,
-                 app_name: str, run_id: str) -> BuiltArchive:
+                 app_name: str, run_id: str, *, signing_key: SigningKey | None = None,
+                 publish: bool = True) -> BuiltArchive:
     """Write, verify and publish the archive of what this run staged. Everything that can fail
     happens before it gets its name: a file under its final name is complete and verified (a
     good backup once the status files name it; a later failure, such as the proof, leaves it
-    there, not recorded)."""
+    there, not recorded). Not `publish`ed (it is to be sealed), it keeps its hidden name, and
+    the run removes it when it ends (BackupStorage)."""
     staging = storage.staging(run_id)
     created_at = datetime.now(UTC)
     name = layout.archive_name(created_at, storage.timezone)
     started = time.monotonic()
-    manifest = build_manifest(export, config, created_at, name, staging, app_name)
+    signer = signing_key.public_key if signing_key else None
+    manifest = build_manifest(export, config, created_at, name, staging, app_name,
+                              signed_by=signer.fingerprint if signer else None,
+                              sealed=not publish)
     partial = storage.partial_path(name, run_id)
     try:
         sha256 = write_archive(partial, staging, manifest, created_at.timestamp(),
-                               export.staged)
+                               export.staged, signing_key)
         written = time.monotonic()
-        report = verify_archive(partial)
+        report = verify_archive(partial, signer=signer)
         if not report.ok:
             raise ArchiveVerificationError(
                 f"the new archive failed verification and was discarded: {report.summary()}. "
                 f"Earlier archives are untouched."
             )
-        final = storage.publish(partial, created_at)
+        final = storage.publish(partial, created_at) if publish else partial
     finally:
-        partial.unlink(missing_ok=True)
-    report.archive = final
-    return BuiltArchive(path=final, sha256=sha256, size=final.stat().st_size,
-                        manifest=manifest, report=report,
+        if publish:
+            partial.unlink(missing_ok=True)
+    report.archive = LocalArchive(str(final))
+    return BuiltArchive(path=final, name=final.name if publish else name, sha256=sha256,
+                        size=final.stat().st_size, manifest=manifest, report=report,
                         build_seconds=round(written - started, 3),
-                        verify_seconds=round(time.monotonic() - written, 3))
+                        verify_seconds=round(time.monotonic() - written, 3),
+                        signed_by=signer.fingerprint if signer else None)
 
 
 def build_backup_archive(settings: Settings) -> dg.OpDefinition:
@@ -298,9 +326,13 @@ def build_backup_archive(settings: Settings) -> dg.OpDefinition:
         description=ARCHIVE_SPEC.description,
     )
     def backup_archive(context: dg.OpExecutionContext, storage: BackupStorage,
+                       encryption: ArchiveEncryption, signing: ManifestSigning,
                        export: ExportRecord, config_record: ConfigSnapshot):
+        # A recipient or key that cannot be read fails the run here, before any archive.
+        sealed_later = bool(encryption.recipients())
         built = pack_archive(storage, export, config_record, settings.app_name,
-                             context.run.run_id)
+                             context.run.run_id, signing_key=signing.key(),
+                             publish=not sealed_later)
         context.log.info(
             f"archive {built.path} ({layout.size_text(built.size)}, sha256 {built.sha256}) "
             f"written in {built.build_seconds:.2f} s and verified in "
@@ -312,6 +344,9 @@ def build_backup_archive(settings: Settings) -> dg.OpDefinition:
             "bytes": built.size,
             "size": layout.size_text(built.size),
             "sha256": built.sha256,
+            "signed_by": built.signed_by or "unsigned (BACKUP_SIGNING_KEY_FILE not set)",
+            "encrypted": "sealed with age next (BACKUP_AGE_RECIPIENTS)" if sealed_later
+                         else "no: in clear (BACKUP_AGE_RECIPIENTS not set)",
             # As `verify` counts them: the files the manifest lists (manifest.json aside).
             "files": len(built.manifest.files),
             "rows": built.rows,

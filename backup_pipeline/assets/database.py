@@ -346,7 +346,8 @@ def build_database_export(settings: Settings) -> dg.OpDefinition:
                                                                for w in plan.windowed])
             expected = plan.estimated_bytes()
             free = storage.check_free_space(
-                expected, planned_bytes(settings.config_dir, settings.config_files))
+                expected, planned_bytes(settings.config_dir, settings.config_files),
+                sealed=settings.encrypted)
             context.log.info(
                 f"snapshot {snap.snapshot_id} of {postgres.describe()} (server "
                 f"{snap.server_version}, {pg_dump_version}); window from {cutoff.isoformat()}; "

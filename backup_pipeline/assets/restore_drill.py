@@ -18,8 +18,10 @@ from backup_pipeline.assets.archive import ARCHIVE_KEY
 from backup_pipeline.files import write_atomically
 from backup_pipeline.resources.drill import RestoreDrillTarget
 from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.resources.safeguards import ManifestSigning
 from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.restore import describe_target, restore_archive, scratch_database_lock
+from backup_pipeline.sources import LocalArchive
 
 
 def newest_good_archive(storage: BackupStorage) -> Path:
@@ -45,16 +47,21 @@ def newest_good_archive(storage: BackupStorage) -> Path:
                 "manifest; its duration is the measured recovery time.",
 )
 def restore_drill(context: dg.AssetExecutionContext, storage: BackupStorage,
-                  postgres: PostgresResource, drill: RestoreDrillTarget) -> dg.MaterializeResult:
+                  postgres: PostgresResource, drill: RestoreDrillTarget,
+                  signing: ManifestSigning) -> dg.MaterializeResult:
     dsn = drill.checked_dsn(postgres)
     archive = newest_good_archive(storage)
+    key = signing.key()
     context.log.info(f"drill: restoring {archive.name} into {describe_target(dsn)}")
     started = time.monotonic()
     record = {"archive": archive.name, "ok": False, "rows": 0}
     try:
+        source = LocalArchive(str(archive), drill.identities(archive.name)
+                              if layout.is_sealed(archive.name) else ())
         with scratch_database_lock(dsn):  # a backup's restore proof may use it too
             drill.drop(dsn)
-            report = restore_archive(archive, dsn, progress=context.log.info)
+            report = restore_archive(source, dsn, progress=context.log.info,
+                                     signer=key.public_key if key else None)
         record.update(ok=report.ok, rows=sum(t.restored for t in report.tables))
     except Exception as error:
         record["error"] = str(error)

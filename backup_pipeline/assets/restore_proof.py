@@ -7,6 +7,8 @@ does not run, no success email goes out, and the failure alert names what did no
 """
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -16,6 +18,10 @@ from backup_pipeline.resources.drill import RestoreDrillTarget
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.resources.storage import ProofRecord
 from backup_pipeline.restore_proof import prove_archive
+from backup_pipeline.sealing import SealedFile
+
+if TYPE_CHECKING:  # boto3 loads with the off-site step only
+    from backup_pipeline.offsite import RemoteCopy
 
 PROOF_KEY = dg.AssetKey("restore_proof")
 PROOF_OUTPUT = output_name(PROOF_KEY)
@@ -32,11 +38,36 @@ PROOF_SPEC = dg.AssetSpec(
 
 @dataclass(frozen=True)
 class ProvenArchive:
-    """A checked archive and, unless BACKUP_RESTORE_PROOF=off, how its restore was proven."""
+    """A checked archive and, unless BACKUP_RESTORE_PROOF=off, how its restore was proven; then,
+    as the last steps fill them in, its sealed copy and its off-site copy. The `kept_*` values
+    are those of the file kept in BACKUP_DIR: the sealed one when there is one."""
 
     archive: BuiltArchive
     proof: ProofRecord | None = None
     summary: str | None = None
+    sealed: SealedFile | None = None
+    offsite: "RemoteCopy | None" = None
+
+    @property
+    def kept_path(self) -> Path:
+        return self.sealed.path if self.sealed else self.archive.path
+
+    @property
+    def kept_name(self) -> str:
+        return self.kept_path.name
+
+    @property
+    def kept_size(self) -> int:
+        return self.sealed.size if self.sealed else self.archive.size
+
+    @property
+    def kept_sha256(self) -> str:
+        return self.sealed.sha256 if self.sealed else self.archive.sha256
+
+
+def as_proven(value: ProvenArchive | BuiltArchive) -> ProvenArchive:
+    """What the step before handed on: with BACKUP_RESTORE_PROOF=off, the checked archive."""
+    return value if isinstance(value, ProvenArchive) else ProvenArchive(value)
 
 
 @dg.op(

@@ -56,6 +56,14 @@ class BackupSummary:
     attached: bool = False
     link: str | None = None
     link_expires: str | None = None
+    # How many age recipients the archive is sealed to (None: in clear).
+    sealed_to: int | None = None
+    signed_by: str | None = None
+
+    @property
+    def plain_name(self) -> str:
+        """The .tar.gz inside a sealed archive (or the archive itself)."""
+        return self.archive_name.removesuffix(layout.AGE_SUFFIX)
 
     @property
     def size_text(self) -> str:
@@ -138,8 +146,9 @@ def success_email(mailer: Mailer, summary: BackupSummary, max_mb: float,
     summary.attached = True
     message = _with_bodies(mailer.new_message(subject), "success", {"s": summary})
     if len(message.as_bytes()) + encoded_size(summary.size_bytes) < limit:
+        subtype = "octet-stream" if summary.sealed_to else "gzip"
         message.add_attachment(Path(summary.archive_path).read_bytes(), maintype="application",
-                               subtype="gzip", filename=summary.archive_name)
+                               subtype=subtype, filename=summary.archive_name)
         if len(message.as_bytes()) < limit:
             return message
     summary.attached = False

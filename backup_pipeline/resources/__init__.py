@@ -8,7 +8,9 @@ from backup_pipeline.assets.values import VALUES_IO_MANAGER, step_values
 from backup_pipeline.resources.drill import RestoreDrillTarget
 from backup_pipeline.resources.links import DownloadLinks
 from backup_pipeline.resources.mailer import Mailer
+from backup_pipeline.resources.offsite import OffsiteStorage
 from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.resources.safeguards import ArchiveEncryption, ManifestSigning
 from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.settings import Settings, read_secret
 
@@ -42,7 +44,28 @@ def build_resources(settings: Settings) -> dict[str, object]:
             secret=_secret("BACKUP_DOWNLOAD_SECRET"),
             ttl_hours=settings.link_ttl_hours,
         ),
-        "drill": RestoreDrillTarget(dsn=drill_dsn),
+        "drill": RestoreDrillTarget(
+            dsn=drill_dsn,
+            identity_file=str(settings.age_identity_file) if settings.age_identity_file
+            else None),
+        "encryption": ArchiveEncryption(
+            recipients_text=settings.age_recipients,
+            recipients_file=str(settings.age_recipients_file)
+            if settings.age_recipients_file else None,
+        ),
+        "offsite": OffsiteStorage(
+            bucket=settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            checksums=settings.s3_checksums,
+            access_key_id=_secret("AWS_ACCESS_KEY_ID"),
+            secret_access_key=_secret("AWS_SECRET_ACCESS_KEY"),
+            session_token=_secret("AWS_SESSION_TOKEN"),
+            link_ttl_hours=settings.link_ttl_hours,
+        ),
+        "signing": ManifestSigning(
+            key_file=str(settings.signing_key_file) if settings.signing_key_file else None),
         "postgres": PostgresResource(
             host=settings.postgres_host,
             port=settings.postgres_port,

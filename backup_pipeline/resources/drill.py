@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.restore import drop_database
+from backup_pipeline.sealing import Identity, load_identities
 
 
 class RestoreDrillTarget(dg.ConfigurableResource):
     """BACKUP_DRILL_DSN: a libpq connection string of a database the drill may drop."""
 
     dsn: str | None = Field(default=None, description="BACKUP_DRILL_DSN, read at run time")
+    identity_file: str | None = Field(default=None, description="BACKUP_AGE_IDENTITY_FILE")
+
+    def identities(self, archive_name: str) -> tuple[Identity, ...]:
+        """The private key a sealed archive is drilled with. The drill is the one step that
+        needs one: without it, a sealed archive cannot be drilled, and the error says so (the
+        restore proof already restored it, in clear, before it was sealed)."""
+        if not self.identity_file:
+            raise RuntimeError(
+                f"{archive_name} is sealed with age and BACKUP_AGE_IDENTITY_FILE is not set: the "
+                f"drill needs a private key to open it. Set it where the drill runs, or rely on "
+                f"the restore proof of every backup, which restored it before it was sealed.")
+        return tuple(load_identities(Path(self.identity_file)))
 
     def checked_dsn(self, production: PostgresResource) -> str:
         if not self.dsn:

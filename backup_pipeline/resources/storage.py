@@ -22,6 +22,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -30,6 +31,10 @@ from backup_pipeline import layout
 from backup_pipeline.alerts import KindOfFailure
 from backup_pipeline.files import PRIVATE_DIR, fsync_dir, make_private_dirs, write_atomically
 from backup_pipeline.run_monitoring import Heartbeat
+from backup_pipeline.sealing import SealedFile
+
+if TYPE_CHECKING:  # boto3 loads with the off-site step only
+    from backup_pipeline.offsite import RemoteCopy
 from backup_pipeline.settings import DEFAULTS
 
 
@@ -161,6 +166,10 @@ class BackupStorage(dg.ConfigurableResource):
                 yield self
         finally:
             shutil.rmtree(self.staging_root / self._run_id, ignore_errors=True)
+            # An archive kept hidden to be sealed, or a sealed copy not yet named: a plaintext
+            # archive must not outlive a run that failed before sealing it.
+            for partial in self.root.glob(f".*.{self._run_id[:8]}{layout.PARTIAL_SUFFIX}"):
+                partial.unlink(missing_ok=True)
             if self._staging_lock is not None:
                 os.close(self._staging_lock)
                 self._staging_lock = None
@@ -199,20 +208,23 @@ class BackupStorage(dg.ConfigurableResource):
             self._staging_lock = _hold_lock(path / STAGING_LOCK)
         return path
 
-    def check_free_space(self, expected_bytes: int, config_bytes: int = 0) -> int:
+    def check_free_space(self, expected_bytes: int, config_bytes: int = 0, *,
+                         sealed: bool = False) -> int:
         """Fail early, saying how much is needed, when the backup cannot fit; returns free bytes."""
         self.ensure_root()
         free = shutil.disk_usage(self.root).free
-        # Staged files plus the archive itself, at most the same size again, plus the reserve.
+        # Staged files plus the archive itself, at most the same size again (and its sealed
+        # copy, beside it until the plaintext is deleted), plus the reserve.
         data = expected_bytes + config_bytes
-        needed = 2 * data + self.disk_reserve_mb * layout.MB
+        needed = (3 if sealed else 2) * data + self.disk_reserve_mb * layout.MB
         if free < needed:
             raise DiskSpaceError(
                 f"not enough free disk in BACKUP_DIR {self.root}: the backup needs about "
                 f"{math.ceil(needed / layout.MB)} MB "
                 f"({math.ceil(expected_bytes / layout.MB)} MB of data and "
                 f"{math.ceil(config_bytes / layout.MB)} MB of configuration, staged "
-                f"and archived, plus BACKUP_DISK_RESERVE_MB={self.disk_reserve_mb}) but only "
+                f"and archived{', and sealed' if sealed else ''}, plus "
+                f"BACKUP_DISK_RESERVE_MB={self.disk_reserve_mb}) but only "
                 f"{free // layout.MB} MB are free. Free space by hand (df -h {self.root}; move old "
                 f"archives elsewhere), then run the backup again."
             )
@@ -246,14 +258,15 @@ class BackupStorage(dg.ConfigurableResource):
     def partial_path(self, name: str, run_id: str) -> Path:
         return self.root / f".{name}.{run_id[:8]}{layout.PARTIAL_SUFFIX}"
 
-    def publish(self, partial: Path, moment: datetime) -> Path:
-        """Give a verified, fsynced archive its final name without ever replacing a file.
+    def publish(self, partial: Path, moment: datetime, suffix: str = "") -> Path:
+        """Give a verified, fsynced archive its final name without ever replacing a file
+        (`suffix`: `.age` for a sealed one).
 
         Two runs finishing in the same second would want the same name; the later one takes the
         next free second, so the name keeps the pattern every tool relies on.
         """
         for offset in range(3600):
-            name = layout.archive_name(moment + timedelta(seconds=offset), self.timezone)
+            name = layout.archive_name(moment + timedelta(seconds=offset), self.timezone) + suffix
             final = self.root / name
             try:
                 os.link(partial, final)
@@ -288,7 +301,8 @@ class BackupStorage(dg.ConfigurableResource):
         return sorted(found, reverse=True)
 
     def write_status(self, archive: Path, size_bytes: int, sha256: str, finished: float,
-                     proof: ProofRecord | None = None) -> None:
+                     proof: ProofRecord | None = None, sealed: SealedFile | None = None
+                     ) -> None:
         """The seeds' status files, only ever moved forward, written atomically."""
         if int(finished) < (read_last_success(self.root) or 0):
             return
@@ -308,12 +322,24 @@ class BackupStorage(dg.ConfigurableResource):
                     # null: BACKUP_RESTORE_PROOF=off, the archive was not restored.
                     "restore_proof": ({"seconds": proof.seconds, "target": proof.target,
                                        "phases": proof.phases} if proof else None),
+                    # null: in clear (BACKUP_AGE_RECIPIENTS unset).
+                    "encrypted": ({"format": "age", "recipients": sealed.recipients,
+                                   "plaintext_sha256": sealed.plain_sha256}
+                                  if sealed else None),
                 },
                 indent=2,
             )
             + "\n",
             0o644,
         )
+
+    def write_offsite_status(self, copy: RemoteCopy) -> None:
+        """BACKUP_DIR/.last_offsite_copy.json: the newest verified copy off this server."""
+        write_atomically(self.root / layout.LAST_OFFSITE_FILE, json.dumps({
+            "url": copy.url, "bucket": copy.bucket, "key": copy.key, "size_bytes": copy.size,
+            "sha256": copy.sha256, "seconds": round(copy.seconds, 2),
+            "uploaded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }, indent=2) + "\n", 0o644)
 
     def apply_retention(self, newest: Path, now: datetime | None = None) -> RetentionResult:
         """Delete archives older than the retention period, keeping the newest ones regardless."""
