@@ -104,6 +104,21 @@ def test_a_wrong_key_is_one_clear_error(tmp_path: Path) -> None:
         verify_archive(LocalArchive(str(sealed.path), tuple(load_identities(wrong))))
 
 
+def test_a_sealed_archive_cut_short_fails_verification_saying_where(
+        archive: Path, tmp_path: Path) -> None:
+    key, public = age_key(tmp_path)
+    sealed = seal(archive, tmp_path / f"{archive.name}.age", parse_recipients(public, "test"),
+                  hashlib.sha256(archive.read_bytes()).hexdigest())
+    cut = tmp_path / "cut" / sealed.path.name
+    cut.parent.mkdir()
+    cut.write_bytes(sealed.path.read_bytes()[: sealed.size * 2 // 3])
+    source = LocalArchive(str(cut), tuple(load_identities(key)))
+    assert verify_archive(LocalArchive(str(sealed.path), source.identities)).ok
+    report = verify_archive(source)
+    assert not report.ok and report.broken is not None
+    assert any("its age encryption is damaged or cut short" in p for p in report.problems)
+
+
 def test_a_full_disk_mid_encryption_leaves_no_file(tmp_path: Path, small_disk: Path) -> None:
     _, public = age_key(tmp_path)
     plain = tmp_path / "plain.bin"
