@@ -38,11 +38,11 @@ def _source(args: argparse.Namespace, settings: Settings) -> ArchiveSource:
 
 
 def _bucket(settings: Settings):
-    from backup_pipeline.offsite import S3Target
+    """The bucket of BACKUP_S3_*, as the pipeline reaches it; credentials are boto3's to find
+    (AWS_* in this shell, a profile, an instance role)."""
+    from backup_pipeline.resources.offsite import OffsiteStorage
 
-    return S3Target(bucket=settings.s3_bucket or "", prefix=settings.s3_prefix,
-                    endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
-                    legacy_checksums=settings.s3_checksums == "when_required")
+    return OffsiteStorage.from_settings(settings).target()
 
 
 def _signer(settings: Settings) -> PublicKey | None:

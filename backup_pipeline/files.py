@@ -8,6 +8,8 @@ file this project writes is created here, with an explicit mode, and nothing imp
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import secrets
 import threading
@@ -93,3 +95,35 @@ def write_atomically(path: Path, text: str, mode: int = PRIVATE) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+class HashingReader(io.RawIOBase):
+    """Reads `stream` while hashing and counting what was read: a tar member that verification
+    parses as it hashes, or the plaintext going into the encryption, in one pass."""
+
+    def __init__(self, stream: io.BufferedIOBase | io.RawIOBase | BinaryIO) -> None:
+        self._stream = stream
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._stream.readinto(buffer)
+        self.hash.update(memoryview(buffer)[:n])
+        self.size += n
+        return n
+
+    def drain(self) -> None:
+        while self.read(BLOCK_SIZE):
+            pass
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in BLOCK_SIZE blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(BLOCK_SIZE), b""):
+            digest.update(block)
+    return digest.hexdigest()

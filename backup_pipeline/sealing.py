@@ -15,7 +15,6 @@ short write (a full disk) is caught before the sealed file gets its name.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import os
@@ -29,7 +28,7 @@ from typing import BinaryIO
 import pyrage
 
 from backup_pipeline.alerts import KindOfFailure
-from backup_pipeline.files import BLOCK_SIZE, open_private
+from backup_pipeline.files import BLOCK_SIZE, HashingReader, file_sha256, open_private
 
 AGE_MAGIC = b"age-encryption.org/v1\n"
 # age's STREAM: a 16-byte nonce, then 64 KiB chunks of plaintext, each with a 16-byte tag (an
@@ -140,25 +139,6 @@ def header_length(path: Path) -> int:
     return newline + 1
 
 
-class _HashingReader(io.RawIOBase):
-    """Reads `source` and hashes and counts what was read: what went into the encryption."""
-
-    def __init__(self, source: BinaryIO) -> None:
-        self._source = source
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self._source.read(len(buffer))
-        buffer[: len(data)] = data
-        self.digest.update(data)
-        self.size += len(data)
-        return len(data)
-
-
 @dataclass(frozen=True)
 class SealedFile:
     """The sealed copy of an archive: what is kept, mailed, linked and uploaded."""
@@ -180,20 +160,20 @@ def seal(plain: Path, target: Path, recipients: tuple[Recipient, ...],
         raise EncryptionError("no age recipient to seal the archive to")
     try:
         with plain.open("rb") as source, open_private(target, exclusive=True) as sink:
-            reading = _HashingReader(source)
+            reading = HashingReader(source)
             pyrage.encrypt_io(io.BufferedReader(reading, BLOCK_SIZE), sink, list(recipients))
             sink.flush()
             os.fsync(sink.fileno())
-        if reading.digest.hexdigest() != plain_sha256:
+        if reading.hash.hexdigest() != plain_sha256:
             raise EncryptionError(f"{name} changed while it was being sealed (sha256 "
-                                  f"{reading.digest.hexdigest()[:12]}, verified as "
+                                  f"{reading.hash.hexdigest()[:12]}, verified as "
                                   f"{plain_sha256[:12]})")
         size = target.stat().st_size
         expected = sealed_size(reading.size, header_length(target))
         if size != expected:
             raise EncryptionError(f"the sealed archive is {size} bytes where age writes "
                                   f"{expected} for {reading.size}: it was cut short")
-        sha256 = _sha256(target)
+        sha256 = file_sha256(target)
     except EncryptionError:
         target.unlink(missing_ok=True)
         raise
@@ -202,14 +182,6 @@ def seal(plain: Path, target: Path, recipients: tuple[Recipient, ...],
         raise EncryptionError(f"sealing {name} with age failed: {error}. No encrypted "
                               f"or plaintext archive was kept from this run.") from error
     return SealedFile(target, size, sha256, plain_sha256, len(recipients))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(BLOCK_SIZE), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_identities(path: Path) -> list[Identity]:

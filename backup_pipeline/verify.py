@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 import io
 import json
 import queue
@@ -39,7 +38,7 @@ from typing import BinaryIO
 from isal import igzip_lib
 
 from backup_pipeline import layout, signing
-from backup_pipeline.files import BLOCK_SIZE, make_private_dirs, open_private
+from backup_pipeline.files import BLOCK_SIZE, HashingReader, make_private_dirs, open_private
 from backup_pipeline.manifest import Manifest, ManifestError, TableEntry
 from backup_pipeline.pg import PG_DUMP_COMPLETE
 from backup_pipeline.sealing import DecryptionError, KeyMismatch, NoIdentity
@@ -128,28 +127,6 @@ class VerificationReport:
         if self.ok:
             return f"{self.archive.name}: {len(self.files)} files verified"
         return f"{self.archive.name}: " + "; ".join(self.problems)
-
-
-class _HashingReader(io.RawIOBase):
-    """Reads a tar member while hashing it, so checks that parse it need no second pass."""
-
-    def __init__(self, stream: io.BufferedReader) -> None:
-        self._stream = stream
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        n = self._stream.readinto(buffer)
-        self.hash.update(memoryview(buffer)[:n])
-        self.size += n
-        return n
-
-    def drain(self) -> None:
-        while self.read(BLOCK_SIZE):
-            pass
 
 
 class GzipBreak(Exception):
@@ -532,7 +509,7 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, report: Verifica
         return
     source = tar.extractfile(member)
     assert source is not None
-    hashing = _HashingReader(source)
+    hashing = HashingReader(source)
     buffered = io.BufferedReader(hashing, BLOCK_SIZE)
     if member.name == layout.MANIFEST:
         _load_manifest(member, buffered, report)
@@ -675,14 +652,6 @@ def _manifest_tables(archive: ArchiveSource) -> Mapping[str, TableEntry]:
     """The manifest's tables by path, to guide the full pass (which checks it again)."""
     manifest = read_manifest(archive)
     return manifest.tables_by_path if manifest else {}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(BLOCK_SIZE), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_archive(archive: ArchiveSource | Path, extract_to: Path | None = None, *,

@@ -141,7 +141,7 @@ def test_a_store_that_is_down_fails_the_run_with_one_alert_and_the_archive_stays
 def uploaded(s3_server, archive: Path) -> str:
     """The session's (clear) archive uploaded as the pipeline does: its s3:// URL."""
     from backup_pipeline import offsite
-    from backup_pipeline.verify import file_sha256
+    from backup_pipeline.files import file_sha256
 
     bucket = s3_server.make_bucket(f"bp-plain-{os.urandom(6).hex()}")
     copy = offsite.upload_archive(s3_server.target(bucket, "nightly"), archive,

@@ -379,9 +379,9 @@ def test_the_bucket_restore_runs_as_the_runbook_writes_it(archive, s3_server, ne
     """"Restore when the server is gone: from the bucket, with the key": a sealed, signed
     archive in a real S3 server, listed, verified and restored from there as written, on a
     machine that holds only the key, the signing public key and the bucket's credentials."""
+    from backup_pipeline.files import file_sha256
     from backup_pipeline.offsite import upload_archive
     from backup_pipeline.sealing import parse_recipients, seal
-    from backup_pipeline.verify import file_sha256
     from backup_pipeline_tests.s3_server import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 
     work = tmp_path / "new_host"

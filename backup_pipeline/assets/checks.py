@@ -18,13 +18,13 @@ from backup_pipeline import layout
 from backup_pipeline.alerts import KindOfFailure
 from backup_pipeline.assets.archive import ARCHIVE_KEY, BuiltArchive
 from backup_pipeline.assets.values import VALUES_IO_MANAGER
+from backup_pipeline.files import file_sha256
 from backup_pipeline.resources.storage import BackupStorage
 from backup_pipeline.verify import (
     CHECKSUMS,
     INTEGRITY,
     READABILITY,
     VerificationReport,
-    file_sha256,
     verify_archive,
 )
 

@@ -53,16 +53,11 @@ def build_resources(settings: Settings) -> dict[str, object]:
             recipients_file=str(settings.age_recipients_file)
             if settings.age_recipients_file else None,
         ),
-        "offsite": OffsiteStorage(
-            bucket=settings.s3_bucket,
-            prefix=settings.s3_prefix,
-            endpoint_url=settings.s3_endpoint_url,
-            region=settings.s3_region,
-            checksums=settings.s3_checksums,
+        "offsite": OffsiteStorage.from_settings(
+            settings,
             access_key_id=_secret("AWS_ACCESS_KEY_ID"),
             secret_access_key=_secret("AWS_SECRET_ACCESS_KEY"),
             session_token=_secret("AWS_SESSION_TOKEN"),
-            link_ttl_hours=settings.link_ttl_hours,
         ),
         "signing": ManifestSigning(
             key_file=str(settings.signing_key_file) if settings.signing_key_file else None),

@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from backup_pipeline.offsite import S3Target
-from backup_pipeline.settings import DEFAULTS
+from backup_pipeline.settings import DEFAULTS, Settings
 
 
 class OffsiteStorage(dg.ConfigurableResource):
@@ -24,6 +24,15 @@ class OffsiteStorage(dg.ConfigurableResource):
     session_token: str | None = Field(default=None, description="AWS_SESSION_TOKEN")
     link_ttl_hours: float = Field(default=DEFAULTS.link_ttl_hours,
                                   description="BACKUP_LINK_TTL_HOURS")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **credentials: object) -> OffsiteStorage:
+        """The bucket BACKUP_S3_* name; `credentials` (dg.EnvVar in the pipeline) are the
+        AWS_* fields, left to boto3's own chain when not given (the command line)."""
+        return cls(bucket=settings.s3_bucket, prefix=settings.s3_prefix,
+                   endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+                   checksums=settings.s3_checksums, link_ttl_hours=settings.link_ttl_hours,
+                   **credentials)
 
     @property
     def configured(self) -> bool:
